@@ -1,0 +1,111 @@
+"""Export parity: the ONNX graph in ONNX Runtime against the PyTorch module, per output.
+
+Checked in the order Polygraphy's comparator uses: names first, then shapes, then values against
+the spec's per-output tolerance. Every dims set is run and every failure collected before raising.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from export.graph_export import GraphExport, export_example_dims
+from runtime.backends.onnxruntime import OrtGraph
+from runtime.errors import UserError
+from runtime.graphs import DYNAMIC_DIMS, GraphSpec, Tolerance
+
+
+class ParityError(UserError):
+    """An exported graph disagrees with PyTorch beyond its tolerance."""
+
+
+@dataclass
+class OutputParity:
+    graph: str
+    dims: dict[str, int]
+    output: str
+    shape: list[int]
+    max_abs: float
+    max_rel: float
+    cosine: float
+    tolerance: dict[str, float]
+    passed: bool
+    problem: str = ""
+
+
+def parity_dim_sets(spec: GraphSpec) -> list[dict[str, int]]:
+    """The export's example size plus every dynamic dim at each of its parity sizes."""
+    dims = spec.dynamic_dims
+    longest = max((len(DYNAMIC_DIMS[d].parity_sizes) for d in dims), default=0)
+    sets = [export_example_dims(spec)]
+    for i in range(longest):
+        sizes = {d: DYNAMIC_DIMS[d].parity_sizes[min(i, len(DYNAMIC_DIMS[d].parity_sizes) - 1)] for d in dims}
+        if sizes not in sets:
+            sets.append(sizes)
+    return sets
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(a64 @ b64 / (na * nb))
+
+
+def compare_output(graph: str, dims: Mapping[str, int], name: str, ref: np.ndarray, got: np.ndarray | None,
+                   tol: Tolerance) -> OutputParity:
+    tol_d = asdict(tol)
+    if got is None:
+        return OutputParity(graph, dict(dims), name, list(ref.shape), np.inf, np.inf, 0.0, tol_d, False, "missing output")
+    if got.shape != ref.shape:
+        return OutputParity(graph, dict(dims), name, list(got.shape), np.inf, np.inf, 0.0, tol_d, False,
+                            f"shape {list(got.shape)} != reference {list(ref.shape)}")
+    if not np.all(np.isfinite(got)) and np.all(np.isfinite(ref)):
+        return OutputParity(graph, dict(dims), name, list(got.shape), np.inf, np.inf, 0.0, tol_d, False, "non-finite values")
+    r, g = ref.astype(np.float64), got.astype(np.float64)
+    diff = np.abs(g - r)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / np.maximum(np.abs(r), 1e-12)).max()) if diff.size else 0.0
+    within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(r)))
+    cos = cosine(r, g)
+    passed = within and cos >= tol.min_cosine
+    problem = "" if passed else ("values outside atol + rtol*|ref|" if not within else f"cosine {cos:.6f} < {tol.min_cosine}")
+    return OutputParity(graph, dict(dims), name, list(got.shape), max_abs, max_rel, cos, tol_d, passed, problem)
+
+
+def compare_outputs(spec: GraphSpec, dims: Mapping[str, int], ref: Mapping[str, np.ndarray],
+                    got: Mapping[str, np.ndarray]) -> list[OutputParity]:
+    extra = sorted(set(got) - set(spec.output_names))
+    if extra:
+        raise RuntimeError(f"{spec.name} produced outputs the spec does not declare: {extra}")
+    return [compare_output(spec.name, dims, t.name, ref[t.name], got.get(t.name), t.tolerance) for t in spec.outputs]
+
+
+def check_export_parity(graph: GraphExport, onnx_path: Path, seed: int = 0) -> list[OutputParity]:
+    session = OrtGraph(onnx_path, graph.spec)
+    rows: list[OutputParity] = []
+    for i, dims in enumerate(parity_dim_sets(graph.spec)):
+        feeds = graph.make_inputs(dims, np.random.default_rng(seed + 1 + i))
+        rows += compare_outputs(graph.spec, dims, graph.torch_outputs(feeds), session.run(feeds))
+    return rows
+
+
+def format_table(rows: Iterable[OutputParity]) -> str:
+    header = f"{'graph':<22} {'dims':<26} {'output':<22} {'max-abs':>10} {'max-rel':>10} {'cosine':>10} {'tolerance':<26} result"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        dims = ",".join(f"{k}={v}" for k, v in r.dims.items()) or "-"
+        tol = f"atol={r.tolerance['atol']:g} rtol={r.tolerance['rtol']:g}"
+        verdict = "PASSED" if r.passed else f"FAILED ({r.problem})"
+        lines.append(f"{r.graph:<22} {dims:<26} {r.output:<22} {r.max_abs:>10.3g} {r.max_rel:>10.3g} {r.cosine:>10.6f} {tol:<26} {verdict}")
+    return "\n".join(lines)
+
+
+def failures(rows: Iterable[OutputParity]) -> list[OutputParity]:
+    return [r for r in rows if not r.passed]

@@ -1,0 +1,35 @@
+"""Inference backends. Each runs one graph of :mod:`runtime.graphs` by its spec's binding names."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from runtime.graphs import GraphSpec
+from runtime.manifest import Manifest
+
+
+class GraphRunner(Protocol):
+    """What every backend gives per graph: run by binding name, outputs in the spec's order."""
+
+    spec: GraphSpec
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def onnxruntime_opener(
+    manifest: Manifest,
+    precision: str = "fp32",
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    intra_op_threads: int | None = None,
+) -> Callable[[GraphSpec], "OrtGraph"]:  # noqa: F821 - imported lazily
+    """A function that opens a graph of ``manifest`` in ONNX Runtime, its files verified first."""
+    from runtime.backends.onnxruntime import OrtGraph
+
+    def open_graph(spec: GraphSpec) -> OrtGraph:
+        path = manifest.graph_path(spec.name, precision)
+        return OrtGraph(path, spec, providers=providers, intra_op_threads=intra_op_threads,
+                        disable_qdq_fusion=precision == "int8")
+
+    return open_graph

@@ -1,0 +1,41 @@
+"""One error type for everything a user can get wrong.
+
+A ``UserError`` carries a one-line message that names the problem and the fix; command-line entry
+points print it and exit with status 2, without a traceback. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """Bad input or an unusable environment: the message says what is wrong and how to fix it."""
+
+
+class ArtifactError(UserError):
+    """An engines directory that is missing, incomplete, tampered with or built elsewhere."""
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run ``main`` and turn a UserError into one line on stderr and exit status 2."""
+    try:
+        code = main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """``argparse`` parser whose usage errors are one line with the fix, like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,112 @@
+"""The artifact's ``manifest.json``: what an engines directory holds, and its verification.
+
+Written by ``export.build``, read by the runtime before it loads anything. Pure JSON + hashlib so
+the runtime stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PARITY_NAME = "parity.json"
+TOKENIZER_DIR = "tokenizer"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def graph_file_name(graph: str, precision: str) -> str:
+    """``owl_image.onnx`` for FP32 (the reference export), ``owl_image.fp16.onnx`` otherwise."""
+    return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    data: dict[str, Any]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return self.data["sizes"]
+
+    @property
+    def graphs(self) -> dict[str, Any]:
+        return self.data["graphs"]
+
+    def preprocessing(self, family: str) -> dict[str, Any]:
+        return self.data["preprocessing"][family]
+
+    def precisions_of(self, graph: str) -> list[str]:
+        return sorted(self.graphs[graph]["files"])
+
+    def graph_path(self, graph: str, precision: str, verify: bool = True) -> Path:
+        """Path of a graph's ONNX file at ``precision``, its files' sha256 checked first."""
+        if graph not in self.graphs:
+            raise ArtifactError(
+                f"{self.root} has no graph {graph!r} (it has {', '.join(sorted(self.graphs)) or 'none'}); "
+                "re-export with python -m export.build"
+            )
+        files = self.graphs[graph]["files"]
+        if precision not in files:
+            raise ArtifactError(
+                f"{self.root} has no {precision} {graph!r} graph (it has {', '.join(sorted(files))}); "
+                f"re-export with python -m export.build --{precision}"
+            )
+        entry = files[precision]
+        if verify:
+            for f in entry["files"]:
+                self.verify_file(f["path"], f["sha256"])
+        return self.root / entry["files"][0]["path"]
+
+    def verify_file(self, rel: str, expected: str) -> None:
+        path = self.root / rel
+        if not path.is_file():
+            raise ArtifactError(f"{path} listed in the manifest is missing; re-export the artifact")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ArtifactError(
+                f"{path} does not match the manifest (sha256 {actual[:12]}… vs {expected[:12]}…): "
+                "the file was changed or corrupted; re-export or rebuild it"
+            )
+
+
+def load_manifest(root: str | Path) -> Manifest:
+    """Read and check the manifest of an engines directory (schema and structure, not hashes)."""
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ArtifactError(f"engines directory {root} does not exist; build one with python -m export.build --out {root}")
+    if not path.is_file():
+        raise ArtifactError(f"{root} has no {MANIFEST_NAME}: not an engines directory; build one with python -m export.build")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} is unreadable ({e}); re-export the artifact") from None
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{path} has schema version {version}, this runtime reads version {SCHEMA_VERSION}; "
+            "re-export the artifact with this version of the toolkit"
+        )
+    for key in ("sizes", "graphs", "preprocessing"):
+        if key not in data:
+            raise ArtifactError(f"{path} lacks {key!r}; re-export the artifact")
+    return Manifest(root=root, data=data)
+
+
+def is_artifact(root: Path) -> bool:
+    return (root / MANIFEST_NAME).is_file()

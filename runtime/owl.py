@@ -1,0 +1,66 @@
+"""OWLv2 detection on exported graphs: prompts -> cached query embeddings; image -> boxes.
+
+The image tower (``owl_image``) runs once per image whatever the prompts; the query embeddings of a
+prompt tuple are computed once and cached; the small ``owl_head`` scores patches against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from runtime.backends import GraphRunner
+from runtime.graphs import OWL_HEAD, OWL_IMAGE, OWL_TEXT, GraphSpec
+from runtime.manifest import TOKENIZER_DIR, Manifest
+from runtime.preprocessing import OwlPreprocessing, postprocess_owl, preprocess_owl
+from runtime.tokenizer import PromptTokenizer
+
+
+@dataclass
+class Detections:
+    boxes: np.ndarray  # (N, 4) float32 xyxy in input-image pixels
+    scores: np.ndarray  # (N,) float32
+    labels: np.ndarray  # (N,) int64 index into the prompt list
+
+
+_QUERY = OWL_TEXT.outputs[0].name
+
+
+class OwlDetector:
+    def __init__(self, text: GraphRunner, image: GraphRunner, head: GraphRunner,
+                 tokenizer: PromptTokenizer, preprocessing: OwlPreprocessing) -> None:
+        self.text, self.image, self.head = text, image, head
+        self.tokenizer = tokenizer
+        self.preprocessing = preprocessing
+        self._queries: dict[tuple[str, ...], np.ndarray] = {}
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner]) -> "OwlDetector":
+        pre = OwlPreprocessing.from_dict(manifest.preprocessing("owl"))
+        tokenizer = PromptTokenizer(manifest.root / TOKENIZER_DIR, manifest.sizes["owl_text_length"])
+        return cls(open_graph(OWL_TEXT), open_graph(OWL_IMAGE), open_graph(OWL_HEAD), tokenizer, pre)
+
+    def query_embeds(self, prompts: Sequence[str]) -> np.ndarray:
+        key = tuple(prompts)
+        if key not in self._queries:
+            self._queries[key] = self.text.run(self.tokenizer(list(key)))[_QUERY]
+        return self._queries[key]
+
+    def image_features(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = preprocess_owl(list(images), self.preprocessing)
+        return self.image.run({OWL_IMAGE.inputs[0].name: pixels})
+
+    def detect(self, images: Sequence[np.ndarray], prompts: Sequence[str], threshold: float = 0.1) -> list[Detections]:
+        """Detections for each image (HxWx3 uint8 RGB) of ``images`` against ``prompts``."""
+        queries = self.query_embeds(prompts)
+        feats = self.image_features(images)
+        class_embeds, shift, scale, boxes, _objectness = (feats[n] for n in OWL_IMAGE.output_names)
+        head_feeds = dict(zip(OWL_HEAD.input_names, (class_embeds, shift, scale, queries), strict=True))
+        (logits,) = self.head.run(head_feeds).values()
+        out = []
+        for i, img in enumerate(images):
+            b, s, l = postprocess_owl(logits[i], boxes[i], img.shape[:2], threshold)
+            out.append(Detections(b, s, l))
+        return out

@@ -1,0 +1,71 @@
+"""SAM2 box-prompted segmentation on exported graphs: one encoder pass serves every box of an image.
+
+The decoder runs all boxes of an image in one call, in chunks of the engine profile's maximum
+number of boxes. By default it is the single-mask decoder (SAM2's stability fallback inside the
+graph), as SOWLv2 prompts with boxes: a box is an unambiguous prompt, and one mask per box means
+a third of the logits to upsample. ``multimask=True`` picks the best of three by predicted IoU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from runtime.backends import GraphRunner
+from runtime.graphs import NUM_BOXES, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE, GraphSpec
+from runtime.manifest import Manifest
+from runtime.preprocessing import Sam2Preprocessing, boxes_to_sam2_input, postprocess_sam2_masks, preprocess_sam2
+
+
+@dataclass
+class Masks:
+    masks: np.ndarray  # (N, H, W) bool, H, W of the input image
+    iou_scores: np.ndarray  # (N,) float32, the decoder's predicted IoU of each chosen mask
+    object_score_logits: np.ndarray  # (N,) float32
+
+
+class Sam2Segmenter:
+    def __init__(self, image: GraphRunner, decoder: GraphRunner, preprocessing: Sam2Preprocessing,
+                 max_boxes: int) -> None:
+        self.image, self.decoder = image, decoder
+        self.preprocessing = preprocessing
+        self.max_boxes = max_boxes
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner],
+                      multimask: bool = False) -> "Sam2Segmenter":
+        pre = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
+        decoder = SAM2_DECODER_MULTIMASK if multimask else SAM2_DECODER
+        max_boxes = int(manifest.data["profiles"][NUM_BOXES]["max"])
+        return cls(open_graph(SAM2_IMAGE), open_graph(decoder), pre, max_boxes)
+
+    def image_features(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Encoder outputs for a batch of HxWx3 uint8 RGB images."""
+        pixels = preprocess_sam2(list(images), self.preprocessing)
+        return self.image.run({SAM2_IMAGE.inputs[0].name: pixels})
+
+    def segment(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> Masks:
+        """Masks of ``image`` for each box (xyxy, input-image pixels)."""
+        return self.segment_features(self.image_features([image]), 0, image.shape[:2], boxes_xyxy)
+
+    def segment_features(self, features: dict[str, np.ndarray], index: int, image_hw: Sequence[int],
+                         boxes_xyxy: np.ndarray) -> Masks:
+        """Masks for the boxes of image ``index`` of an encoded batch."""
+        h, w = int(image_hw[0]), int(image_hw[1])
+        boxes = boxes_to_sam2_input(boxes_xyxy, (h, w), self.preprocessing)
+        if len(boxes) == 0:
+            return Masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros(0, np.float32))
+        feats = [features[n][index : index + 1] for n in SAM2_IMAGE.output_names]
+        chunks = []
+        for start in range(0, len(boxes), self.max_boxes):
+            chunk = boxes[None, start : start + self.max_boxes]
+            feeds = dict(zip(self.decoder.spec.input_names, (*feats, chunk), strict=True))
+            out = self.decoder.run(feeds)
+            chunks.append([out[n][0] for n in self.decoder.spec.output_names])
+        logits, iou, obj = (np.concatenate(parts) for parts in zip(*chunks))
+        best = iou.argmax(axis=1)  # a single-mask decoder has one column: index 0
+        rows = np.arange(len(boxes))
+        masks = postprocess_sam2_masks(logits[rows, best][:, None], (h, w), self.preprocessing)[:, 0]
+        return Masks(masks, iou[rows, best].astype(np.float32), obj[:, 0].astype(np.float32))

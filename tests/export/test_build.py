@@ -1,0 +1,119 @@
+"""``python -m export.build``: the artifact it writes, and its errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.graphs import GRAPHS, DYNAMIC_DIMS
+from runtime.manifest import MANIFEST_NAME, PARITY_NAME, SCHEMA_VERSION, load_manifest, sha256_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_manifest_describes_every_graph(tiny_artifact):
+    m = load_manifest(tiny_artifact)
+    assert m.data["schema_version"] == SCHEMA_VERSION
+    assert set(m.graphs) == set(GRAPHS)
+    for name, spec in GRAPHS.items():
+        rec = m.graphs[name]
+        assert [i["name"] for i in rec["inputs"]] == spec.input_names
+        assert [o["name"] for o in rec["outputs"]] == spec.output_names
+        for f in rec["files"]["fp32"]["files"]:
+            assert sha256_file(tiny_artifact / f["path"]) == f["sha256"]
+        for t in spec.inputs + spec.outputs:
+            for d in t.shape:
+                assert d in DYNAMIC_DIMS or d in m.sizes, f"{name}.{t.name}: size {d} not recorded"
+
+
+def test_preprocessing_and_sizes_come_from_the_checkpoint(tiny_artifact):
+    m = load_manifest(tiny_artifact)
+    assert m.sizes["owl_image_size"] == 64 and m.sizes["sam_image_size"] == 64
+    assert m.preprocessing("owl")["image_size"] == 64
+    assert m.preprocessing("sam")["image_size"] == 64
+    assert m.data["sources"]["owl"]["config_sha256"] and m.data["sources"]["sam"]["config_sha256"]
+    assert (tiny_artifact / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_every_registered_graph_has_export_parity_at_two_sizes(tiny_artifact):
+    """Fails when a graph is registered in runtime.graphs without an export that proves parity."""
+    rows = json.loads((tiny_artifact / PARITY_NAME).read_text())["fp32"]["rows"]
+    for name, spec in GRAPHS.items():
+        mine = [r for r in rows if r["graph"] == name]
+        assert mine, f"graph {name} has no export parity rows"
+        assert {r["output"] for r in mine} == set(spec.output_names)
+        assert all(r["passed"] for r in mine)
+        for dim in spec.dynamic_dims:
+            assert len({r["dims"][dim] for r in mine}) >= 2, f"{name}: {dim} checked at one size only"
+
+
+def test_no_temporary_directories_left(tiny_artifact):
+    assert [p.name for p in tiny_artifact.parent.iterdir()] == [tiny_artifact.name]
+
+
+def run_build(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "export.build", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_missing_model_path(tmp_path, tiny_checkpoints):
+    out = tmp_path / "out"
+    r = run_build("--owl-model", str(tmp_path / "nope"), "--sam-model", str(tiny_checkpoints.sam),
+                  "--out", str(out), "--fp32", "--engines", "skip")
+    assert_one_line_error(r, "does not exist", str(tmp_path / "nope"))
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path, tiny_checkpoints):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_build("--owl-model", str(empty), "--sam-model", str(tiny_checkpoints.sam), "--out", str(tmp_path / "o"),
+                  "--engines", "skip")
+    assert_one_line_error(r, "no config.json", "OWLv2")
+
+
+def test_checkpoint_of_the_wrong_family(tmp_path, tiny_checkpoints):
+    r = run_build("--owl-model", str(tiny_checkpoints.sam), "--sam-model", str(tiny_checkpoints.sam),
+                  "--out", str(tmp_path / "o"), "--engines", "skip")
+    assert_one_line_error(r, "not OWLv2", "sam2")
+
+
+def test_existing_directory_that_is_not_an_artifact(tmp_path, tiny_checkpoints):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    r = run_build("--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam),
+                  "--out", str(out), "--engines", "skip")
+    assert_one_line_error(r, "is not an engines directory", "--force")
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_unwritable_output(tmp_path, tiny_checkpoints):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    r = run_build("--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam),
+                  "--out", str(blocker / "engines"), "--engines", "skip")
+    assert_one_line_error(r, "cannot write to")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--engines", "sometimes"], "invalid choice: 'sometimes'"),
+    (["--max-boxes", "0"], "must be at least 1"),
+    (["--int8"], "--int8 needs --calib-dir"),
+])
+def test_bad_flag_values(args, fragment):
+    r = run_build(*args)
+    assert r.returncode == 2 and fragment in r.stderr and "Traceback" not in r.stderr

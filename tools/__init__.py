@@ -1,0 +1,1 @@
+"""Command-line tools people run: infer, parity, benchmark, tiny checkpoints, triton repo."""
