@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
+import json
 import logging
 import sys
 import time
@@ -36,7 +37,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fp32", action="store_true", help="FP32 graphs only (always written: the reference)")
     p.add_argument("--fp16", action="store_true", help="also write FP16 mixed-precision graphs")
     p.add_argument("--int8", action="store_true", help="also write INT8 Q/DQ graphs (needs --calib-dir)")
-    p.add_argument("--calib-dir", type=Path, help="folder of calibration images for --int8")
+    p.add_argument("--calib-dir", type=Path, help="folder of calibration images for --int8 (JPEG/PNG, any size)")
+    p.add_argument("--calib-count", type=_positive, default=None,
+                   help="calibration images to use, spread over the folder (default 32, at least 4)")
+    p.add_argument("--calib-method", choices=("entropy", "max"), default="entropy",
+                   help="INT8 activation range calibration (entropy falls back to max, on record, where it fails)")
     p.add_argument("--video", action="store_true", help="also export SAM2's memory modules for tracking")
     p.add_argument("--engines", choices=("auto", "require", "skip"), default="auto",
                    help="build TensorRT engines: auto = where TensorRT and a GPU exist")
@@ -44,7 +49,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-boxes", type=_positive, help=f"profile maximum of {NUM_BOXES}")
     p.add_argument("--max-batch", type=_positive, help=f"profile maximum of {BATCH}")
     p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs")
+    p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
+                   help="build TensorRT engines for an exported engines directory (no export)")
+    p.add_argument("--opt-level", type=int, choices=range(6), default=3, metavar="0-5",
+                   help="TensorRT builder optimisation level (default 3)")
+    p.add_argument("--workspace-gb", type=_positive_float, help="TensorRT workspace limit in GiB (default: the GPU's memory)")
     return p.parse_args(argv)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -61,19 +81,24 @@ def check_requests(args: argparse.Namespace) -> None:
     """Refuse what this version cannot do before any work starts: loudly, never a silent fallback."""
     if args.int8 and args.calib_dir is None:
         raise UserError("--int8 needs --calib-dir DIR (a folder of calibration images)")
-    for flag in ("fp16", "int8", "video"):
-        if getattr(args, flag):
-            raise UserError(f"--{flag} is not available in this version of the toolkit yet; export with --fp32")
-    if args.engines == "require":
-        raise UserError(
-            "--engines require: this version cannot build TensorRT engines yet; use --engines skip "
-            "(ONNX graphs run with --backend onnxruntime)"
-        )
+    if not args.int8 and (args.calib_dir is not None or args.calib_count is not None):
+        raise UserError("--calib-dir/--calib-count are for --int8 calibration; add --int8 or drop them")
+    from calibration.images import MIN_CALIBRATION_IMAGES
+
+    if args.calib_count is not None and args.calib_count < MIN_CALIBRATION_IMAGES:
+        raise UserError(f"--calib-count {args.calib_count} is too few; calibrate on at least {MIN_CALIBRATION_IMAGES} images")
+    if args.engines == "require":  # fail now, not after a long export
+        from export.engine import tensorrt_status
+
+        ok, why = tensorrt_status()
+        if not ok:
+            raise UserError(f"--engines require: cannot build TensorRT engines here ({why}); export with "
+                            "--engines skip and build on the target GPU with --from DIR --engines require")
 
 
 def _versions() -> dict[str, str]:
     out = {}
-    for pkg in ("owlsam-trt", "torch", "transformers", "onnx", "onnxruntime", "onnxscript"):
+    for pkg in ("owlsam-trt", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "nvidia-modelopt"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -100,6 +125,18 @@ def build(args: argparse.Namespace) -> Path:
     check_output_dir(args.out, args.force)
     t_start = time.perf_counter()
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - progress goes to stderr
+    precisions = [p for p in ("fp16", "int8") if getattr(args, p)]
+    calib_images = None
+    if args.int8:  # fail on a bad calibration folder or a missing ModelOpt before the long export
+        from calibration.images import DEFAULT_CALIBRATION_COUNT, read_calibration_images
+
+        calib_images = read_calibration_images(args.calib_dir, args.calib_count or DEFAULT_CALIBRATION_COUNT)
+        say(f"calibration set: {len(calib_images)} images of {args.calib_dir}"
+            + (f" ({len(calib_images.skipped)} unreadable skipped)" if calib_images.skipped else ""))
+    if precisions:
+        from export.precision import import_modelopt
+
+        import_modelopt()
 
     say(f"loading OWLv2 from {args.owl_model}")
     owl = load_owl(args.owl_model)
@@ -107,6 +144,13 @@ def build(args: argparse.Namespace) -> Path:
     sam = load_sam(args.sam_model)
     sizes = {**owl_sizes(owl), **sam2_sizes(sam)}
     graphs = owl_graph_exports(owl, sizes) + sam2_graph_exports(sam, sizes)
+    if args.video:  # SAM2's memory modules, from Sam2VideoModel of the same checkpoint
+        from export.sam2_video import load_sam_video, sam2_video_graph_exports, sam2_video_sizes
+
+        say(f"loading SAM2's video modules from {args.sam_model}")
+        sam_video = load_sam_video(args.sam_model)
+        sizes.update(sam2_video_sizes(sam_video, sizes))
+        graphs += sam2_video_graph_exports(sam_video, sizes)
     profiles = with_max(DYNAMIC_DIMS, num_prompts=args.max_prompts, num_boxes=args.max_boxes, batch=args.max_batch)
 
     with staged_directory(args.out) as tmp:
@@ -116,6 +160,8 @@ def build(args: argparse.Namespace) -> Path:
             name = graph.spec.name
             t0 = time.perf_counter()
             files = export_to_onnx(graph, tmp / graph_file_name(name, "fp32"), seed=args.seed)
+            from export.trt_check import check_graph, raise_on_errors  # fail before TensorRT would
+            raise_on_errors(check_graph(files[0]), files[0].name)
             t1 = time.perf_counter()
             graph_rows = check_export_parity(graph, files[0], seed=args.seed)
             rows += graph_rows
@@ -145,44 +191,128 @@ def build(args: argparse.Namespace) -> Path:
         if not (tok_dir / "tokenizer.json").is_file():
             raise UserError(f"{args.owl_model}: its tokenizer has no fast (tokenizer.json) form, which the runtime needs")
 
-        engines_note = _engines_note(args.engines)
+        owl_pre = owl_preprocessing_from_processor(owl.processor)
+        sam_pre = sam2_preprocessing_from_processor(sam.processor)
+        precision_parity: dict[str, Any] = {}
+        calibration_record = None
+        if precisions:
+            outcome = _write_precisions(tmp, graphs, precisions, args, calib_images, owl_pre, sam_pre, sizes, say)
+            for name, entries in outcome.entries.items():
+                records[name]["files"].update(entries)
+            calibration_record = outcome.calibration
+            precision_parity = {p: [r for r in outcome.rows if r.precision == p] for p in precisions}
+
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "toolkit": _versions(),
             "sources": {"owl": owl.source_record(), "sam": sam.source_record()},
-            "preprocessing": {
-                "owl": owl_preprocessing_from_processor(owl.processor).to_dict(),
-                "sam": sam2_preprocessing_from_processor(sam.processor).to_dict(),
-            },
+            "preprocessing": {"owl": owl_pre.to_dict(), "sam": sam_pre.to_dict()},
             "pipeline": {"prompt_template": PROMPT_TEMPLATE, "threshold": DEFAULT_THRESHOLD},
             "sizes": sizes,
             "profiles": {d: {"min": r.min, "opt": r.opt, "max": r.max} for d, r in profiles.items()},
             "graphs": records,
             "tokenizer": [file_record(tmp, f) for f in sorted(tok_dir.iterdir())],
             "engines": {},
-            "engines_note": engines_note,
-            "parity": {"fp32": {"passed": True, "checks": len(rows), "worst_max_abs": max(r.max_abs for r in rows)}},
+            "parity": {"fp32": {"passed": True, "checks": len(rows), "worst_max_abs": max(r.max_abs for r in rows)},
+                       **{p: _precision_summary(r) for p, r in precision_parity.items()}},
         }
+        if calibration_record is not None:
+            manifest["calibration"] = calibration_record
         write_json(tmp / MANIFEST_NAME, manifest)
-    say(engines_note)
     say(f"wrote {args.out} in {time.perf_counter() - t_start:.1f} s ({len(graphs)} graphs, parity PASSED)")
     return args.out
 
 
-def _engines_note(mode: str) -> str:
-    if mode == "skip":
-        return "engines skipped (--engines skip); the ONNX graphs run with --backend onnxruntime"
-    return ("engines skipped: this version cannot build TensorRT engines yet; "
-            "the ONNX graphs run with --backend onnxruntime")
+def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.Namespace, calib_images, owl_pre,
+                      sam_pre, sizes: dict[str, int], say):
+    """FP16 / INT8 graphs of every exported graph, their parity (added to parity.json), or a
+    ParityError naming the failures: nothing is written then."""
+    from calibration.inputs import CalibrationInputs
+    from export.artifact import file_record, write_json
+    from export.parity import ParityError
+    from export.precision import format_precision_table, precision_failures, write_precisions
+    from runtime.manifest import is_artifact
+
+    inputs = None
+    if calib_images is not None:
+        inputs = CalibrationInputs(tmp, calib_images, owl_pre, sam_pre, sizes["owl_text_length"],
+                                   prompt_template=PROMPT_TEMPLATE, seed=args.seed)
+    previous = args.out if is_artifact(args.out) else None
+    outcome = write_precisions(tmp, graphs, precisions, file_record=file_record, inputs=inputs, previous=previous,
+                               method=args.calib_method, seed=args.seed, say=say)
+    parity = json.loads((tmp / PARITY_NAME).read_text())
+    for p in precisions:
+        mine = [r for r in outcome.rows if r.precision == p]
+        parity[p] = {"passed": not precision_failures(mine), "rows": [r.__dict__ for r in mine]}
+    write_json(tmp / PARITY_NAME, parity)
+    bad = precision_failures(outcome.rows)
+    table = format_precision_table(outcome.rows)
+    if bad:
+        say(table)
+        worst = ", ".join(sorted({f"{r.graph} {r.precision}" for r in bad}))
+        raise ParityError(
+            f"{len(bad)} of {len(outcome.rows)} precision parity checks failed ({worst}; table above); "
+            "nothing was written: export without that precision, or calibrate on more representative images"
+        )
+    log.info("precision parity table:\n%s", table)
+    return outcome
+
+
+def _precision_summary(rows) -> dict[str, Any]:
+    return {"passed": all(r.passed for r in rows), "checks": len(rows),
+            "worst_cosine": min((r.cosine for r in rows), default=None)}
+
+
+def build_engines_from(root: Path, args: argparse.Namespace) -> bool:
+    """``--from DIR``: build TensorRT engines for every precision graph of an exported artifact, in
+    place; ``--max-*`` replace the profile maxima (the manifest's ``profiles`` follow, so the runtime
+    chunks by what the engines take). Returns whether engines were built."""
+    from export.artifact import write_json
+    from export.engine import EngineOptions, build_engines, skipped_note, tensorrt_status
+    from runtime.graphs import DimRange
+    from runtime.manifest import PRECISIONS, load_manifest
+
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - progress goes to stderr
+    if args.engines == "skip":
+        raise UserError("--from DIR builds engines; --engines skip would do nothing (use auto or require)")
+    data = load_manifest(root).data
+    ok, why = tensorrt_status()
+    if not ok:
+        if args.engines == "require":
+            raise UserError(f"--engines require: cannot build TensorRT engines here: {why}")
+        say(skipped_note(root, why))
+        return False
+    current = {d: DimRange(r["min"], r["opt"], r["max"], DYNAMIC_DIMS[d].parity_sizes)
+               for d, r in data["profiles"].items() if d in DYNAMIC_DIMS}
+    profiles = with_max(current, num_prompts=args.max_prompts, num_boxes=args.max_boxes, batch=args.max_batch)
+    data["profiles"] = {**data["profiles"], **{d: {"min": r.min, "opt": r.opt, "max": r.max} for d, r in profiles.items()}}
+    precisions = [p for p in PRECISIONS if any(p in g["files"] for g in data["graphs"].values())]
+    options = EngineOptions(optimization_level=args.opt_level,
+                            workspace_bytes=int(args.workspace_gb * 2**30) if args.workspace_gb else None)
+    data["engines"] = build_engines(root, data, precisions, options, say=say)
+    data["engines_note"] = f"engines built with {why}"
+    write_json(root / MANIFEST_NAME, data)
+    say(f"wrote {len(precisions)} precision(s) of engines into {root}")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_dir is not None:
+        build_engines_from(args.from_dir, args)
+        return 0
     check_requests(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
     build(args)
+    if args.engines == "skip":
+        from runtime.backends.tensorrt import rebuild_hint
+
+        print(f"engines skipped (--engines skip); build them on the target GPU with {rebuild_hint(args.out)}",
+              file=sys.stderr)
+    else:
+        build_engines_from(args.out, args)
     return 0
 
 

@@ -19,6 +19,12 @@ from typing import Mapping
 BATCH = "batch"
 NUM_PROMPTS = "num_prompts"
 NUM_BOXES = "num_boxes"
+# video tracking (SAM2 memory): objects tracked in one call, memory frames and object pointers per
+# object. The maxima of the last two are SAM2's num_maskmem (7) and max_object_pointers_in_encoder
+# (16), the same in every released checkpoint; the exporter refuses a checkpoint that needs more.
+NUM_OBJECTS = "num_objects"
+NUM_MEMORIES = "num_memories"
+NUM_POINTERS = "num_pointers"
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ DYNAMIC_DIMS: Mapping[str, DimRange] = {
     BATCH: DimRange(min=1, opt=1, max=4, parity_sizes=(1, 2)),
     NUM_PROMPTS: DimRange(min=1, opt=4, max=64, parity_sizes=(1, 5)),
     NUM_BOXES: DimRange(min=1, opt=8, max=64, parity_sizes=(1, 2, 7)),
+    NUM_OBJECTS: DimRange(min=1, opt=4, max=16, parity_sizes=(1, 3)),
+    NUM_MEMORIES: DimRange(min=1, opt=7, max=7, parity_sizes=(1, 3, 7)),
+    NUM_POINTERS: DimRange(min=1, opt=16, max=16, parity_sizes=(1, 5, 16)),
 }
 
 
@@ -72,6 +81,7 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     doc: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
+    video: bool = False  # exported only with ``export.build --video`` (SAM2's memory, for tracking)
 
     def input(self, name: str) -> TensorSpec:
         return _by_name(self.inputs, name, self.name)
@@ -132,6 +142,25 @@ def with_max(dims: Mapping[str, DimRange], **maxima: int | None) -> dict[str, Di
 _EMBED = Tolerance(atol=1e-4, rtol=1e-3)
 _LOGIT = Tolerance(atol=1e-3, rtol=1e-3)
 _FEATURE = Tolerance(atol=5e-4, rtol=1e-3)
+
+
+@dataclass(frozen=True)
+class PrecisionAcceptance:
+    """Numerical acceptance of a reduced-precision artifact against the FP32 PyTorch reference,
+    judged by the task: cosine of every output of every graph (export parity), and through the
+    pipeline detections matched one to one with box IoU >= ``min_box_iou`` (or, where boxes may
+    move, the ``top_k_labels`` best detections' labels agreeing) and masks with IoU >= ``min_mask_iou``."""
+
+    min_cosine: float
+    min_mask_iou: float
+    min_box_iou: float | None = None
+    top_k_labels: int | None = None
+
+
+PRECISION_ACCEPTANCE: Mapping[str, PrecisionAcceptance] = {
+    "fp16": PrecisionAcceptance(min_cosine=0.999, min_mask_iou=0.97, min_box_iou=0.95),
+    "int8": PrecisionAcceptance(min_cosine=0.99, min_mask_iou=0.90, top_k_labels=5),
+}
 
 # --- OWLv2 -----------------------------------------------------------------------------------
 OWL_TEXT = GraphSpec(
@@ -235,9 +264,120 @@ SAM2_DECODER_MULTIMASK = GraphSpec(
 
 SAM2_GRAPHS = (SAM2_IMAGE, SAM2_DECODER, SAM2_DECODER_MULTIMASK)
 
+# --- SAM2 video: the memory modules of Sam2VideoModel (same checkpoint) ---------------------
+# Per frame: sam2_image once; for objects tracked from earlier frames sam2_memory_attention ->
+# sam2_track_decoder -> sam2_object_pointer; for objects started on this frame from boxes
+# sam2_prompt_decoder -> sam2_object_pointer; then sam2_memory_encoder for all objects of the frame.
+# Memory tokens are the embedding grid flattened row-major (sam_memory_tokens = sam_embed_size**2).
+_FRAME_EMBED = TensorSpec("image_embed", "float32", ("one", "sam_embed_dim", "sam_embed_size", "sam_embed_size"))
+_OBJECT_SCORES = TensorSpec("object_score_logits", "float32", (NUM_OBJECTS, "one"), _LOGIT)
+
+SAM2_MEMORY_ENCODER = GraphSpec(
+    name="sam2_memory_encoder",
+    family="sam",
+    video=True,
+    doc=(
+        "A frame's embedding (sam2_image's, the no-memory embedding is removed inside) and each "
+        "object's chosen low-res mask logits -> the object's memory of this frame: the mask upsampled "
+        "to the image size, binarised where it comes from a prompt on this frame (mask_is_prompt = 1) "
+        "and a sigmoid otherwise, scaled and biased, fused with the features; the no-object "
+        "embedding added where the object score is <= 0. memory_pos_enc is the spatial sine "
+        "encoding (input independent). The reference stores memory_features rounded to bfloat16."
+    ),
+    inputs=(
+        _FRAME_EMBED,
+        TensorSpec("mask_logits", "float32", (NUM_OBJECTS, "one", "sam_mask_size", "sam_mask_size")),
+        TensorSpec("object_score_logits", "float32", (NUM_OBJECTS, "one")),
+        TensorSpec("mask_is_prompt", "float32", (NUM_OBJECTS, "one")),
+    ),
+    outputs=(
+        TensorSpec("memory_features", "float32", (NUM_OBJECTS, "sam_memory_tokens", "sam_memory_dim"), _FEATURE),
+        TensorSpec("memory_pos_enc", "float32", (NUM_OBJECTS, "sam_memory_tokens", "sam_memory_dim"), _EMBED),
+    ),
+)
+
+SAM2_MEMORY_ATTENTION = GraphSpec(
+    name="sam2_memory_attention",
+    family="sam",
+    video=True,
+    doc=(
+        "The frame's embedding conditioned on each object's memory bank: up to num_maskmem memory "
+        "frames (memory_slots one-hot picks each frame's temporal encoding: the last slot for the "
+        "object's prompted frame, slot t-1 for the frame t frames back) and up to "
+        "max_object_pointers_in_encoder object pointers (pointer_offsets: frames between each "
+        "pointer's frame and this one). Output replaces image_embed for the tracking decoder."
+    ),
+    inputs=(
+        _FRAME_EMBED,
+        TensorSpec("memory_features", "float32", (NUM_OBJECTS, NUM_MEMORIES, "sam_memory_tokens", "sam_memory_dim")),
+        TensorSpec("memory_pos_enc", "float32", ("one", "sam_memory_tokens", "sam_memory_dim")),
+        TensorSpec("memory_slots", "float32", (NUM_OBJECTS, NUM_MEMORIES, "sam_num_maskmem")),
+        TensorSpec("object_pointers", "float32", (NUM_OBJECTS, NUM_POINTERS, "sam_embed_dim")),
+        TensorSpec("pointer_offsets", "float32", (NUM_OBJECTS, NUM_POINTERS)),
+    ),
+    outputs=(
+        TensorSpec("conditioned_embed", "float32", (NUM_OBJECTS, "sam_embed_dim", "sam_embed_size", "sam_embed_size"), _FEATURE),
+    ),
+)
+
+SAM2_TRACK_DECODER = GraphSpec(
+    name="sam2_track_decoder",
+    family="sam",
+    video=True,
+    doc=(
+        "Mask decoder in its tracking form (no new prompt, multimask output, best by predicted IoU, "
+        "as Sam2VideoModel on tracked frames): mask logits are -1024 where the object score is <= 0; "
+        "mask_token is the chosen mask's output token (input of sam2_object_pointer)."
+    ),
+    inputs=(
+        TensorSpec("conditioned_embed", "float32", (NUM_OBJECTS, "sam_embed_dim", "sam_embed_size", "sam_embed_size")),
+        TensorSpec("high_res_feat0", "float32", ("one", "sam_feat0_dim", "sam_feat0_size", "sam_feat0_size")),
+        TensorSpec("high_res_feat1", "float32", ("one", "sam_feat1_dim", "sam_feat1_size", "sam_feat1_size")),
+    ),
+    outputs=(
+        TensorSpec("mask_logits", "float32", (NUM_OBJECTS, "one", "sam_mask_size", "sam_mask_size"), _LOGIT),
+        TensorSpec("iou_scores", "float32", (NUM_OBJECTS, "one"), _FEATURE),
+        _OBJECT_SCORES,
+        TensorSpec("mask_token", "float32", (NUM_OBJECTS, "sam_embed_dim"), _FEATURE),
+    ),
+)
+
+SAM2_PROMPT_DECODER = GraphSpec(
+    name="sam2_prompt_decoder",
+    family="sam",
+    video=True,
+    doc=(
+        "Box prompts on the frame that starts their objects (Sam2VideoModel's prompted frame: "
+        "sam2_decoder's single mask with the stability fallback), mask logits -1024 where the object "
+        "score is <= 0, plus the single-mask output token for sam2_object_pointer."
+    ),
+    inputs=_SAM2_DECODER_INPUTS,
+    outputs=(
+        *_sam2_decoder_outputs("one"),
+        TensorSpec("mask_token", "float32", (BATCH, NUM_BOXES, "sam_embed_dim"), _FEATURE),
+    ),
+)
+
+SAM2_OBJECT_POINTER = GraphSpec(
+    name="sam2_object_pointer",
+    family="sam",
+    video=True,
+    doc="Mask token -> object pointer (MLP), replaced by the learnt no-object pointer where the object score is <= 0.",
+    inputs=(
+        TensorSpec("mask_token", "float32", (NUM_OBJECTS, "sam_embed_dim")),
+        TensorSpec("object_score_logits", "float32", (NUM_OBJECTS, "one")),
+    ),
+    outputs=(TensorSpec("object_pointer", "float32", (NUM_OBJECTS, "sam_embed_dim"), _FEATURE),),
+)
+
+SAM2_VIDEO_GRAPHS = (SAM2_PROMPT_DECODER, SAM2_MEMORY_ATTENTION, SAM2_TRACK_DECODER, SAM2_OBJECT_POINTER,
+                     SAM2_MEMORY_ENCODER)
+
 # --- registry --------------------------------------------------------------------------------
-GRAPHS: dict[str, GraphSpec] = {g.name: g for g in OWL_GRAPHS + SAM2_GRAPHS}
+# Every graph; those with ``video=True`` are in an artifact only when it was exported with --video.
+GRAPHS: dict[str, GraphSpec] = {g.name: g for g in OWL_GRAPHS + SAM2_GRAPHS + SAM2_VIDEO_GRAPHS}
 
 
-def graphs_of(family: str) -> list[GraphSpec]:
-    return [g for g in GRAPHS.values() if g.family == family]
+def graphs_of(family: str, video: bool = False) -> list[GraphSpec]:
+    """The graphs of ``family``: the image graphs, plus the video ones if ``video``."""
+    return [g for g in GRAPHS.values() if g.family == family and (video or not g.video)]

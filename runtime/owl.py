@@ -56,11 +56,18 @@ class OwlDetector:
         """Detections for each image (HxWx3 uint8 RGB) of ``images`` against ``prompts``."""
         queries = self.query_embeds(prompts)
         feats = self.image_features(images)
-        class_embeds, shift, scale, boxes, _objectness = (feats[n] for n in OWL_IMAGE.output_names)
+        return self.detect_features(feats, [img.shape[:2] for img in images], queries, threshold)
+
+    def detect_features(self, features: dict[str, np.ndarray], image_hws: Sequence[Sequence[int]],
+                        queries: np.ndarray, threshold: float = 0.1) -> list[Detections]:
+        """Detections from ``image_features`` outputs (one per image size in ``image_hws``) and
+        ``query_embeds`` outputs: the class head and post-processing, for callers that run the
+        image tower themselves (e.g. concurrently with the SAM2 encoder)."""
+        class_embeds, shift, scale, boxes, _objectness = (features[n] for n in OWL_IMAGE.output_names)
         head_feeds = dict(zip(OWL_HEAD.input_names, (class_embeds, shift, scale, queries), strict=True))
         (logits,) = self.head.run(head_feeds).values()
         out = []
-        for i, img in enumerate(images):
-            b, s, l = postprocess_owl(logits[i], boxes[i], img.shape[:2], threshold)
+        for i, hw in enumerate(image_hws):
+            b, s, l = postprocess_owl(logits[i], boxes[i], hw, threshold)
             out.append(Detections(b, s, l))
         return out

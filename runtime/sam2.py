@@ -51,10 +51,19 @@ class Sam2Segmenter:
         return self.segment_features(self.image_features([image]), 0, image.shape[:2], boxes_xyxy)
 
     def segment_features(self, features: dict[str, np.ndarray], index: int, image_hw: Sequence[int],
-                         boxes_xyxy: np.ndarray) -> Masks:
-        """Masks for the boxes of image ``index`` of an encoded batch."""
+                         boxes_xyxy: np.ndarray, clip_boxes: bool = True) -> Masks:
+        """Masks for the boxes of image ``index`` of an encoded batch.
+
+        ``clip_boxes=False`` prompts with the boxes as given, also where they extend past the image,
+        as ``Sam2Processor`` does (it does not clip): the image pipeline uses it to reproduce the
+        reference pipeline, which hands OWLv2's unclipped boxes to SAM2.
+        """
         h, w = int(image_hw[0]), int(image_hw[1])
-        boxes = boxes_to_sam2_input(boxes_xyxy, (h, w), self.preprocessing)
+        boxes = boxes_to_sam2_input(boxes_xyxy, (h, w), self.preprocessing)  # validates, clips
+        if not clip_boxes and len(boxes):
+            boxes = np.array(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+            boxes[:, 0::2] *= np.float32(self.preprocessing.coord_size / w)
+            boxes[:, 1::2] *= np.float32(self.preprocessing.coord_size / h)
         if len(boxes) == 0:
             return Masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros(0, np.float32))
         feats = [features[n][index : index + 1] for n in SAM2_IMAGE.output_names]

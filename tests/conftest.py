@@ -26,6 +26,45 @@ def tiny_artifact(tiny_checkpoints, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_video_artifact(tiny_checkpoints, tmp_path_factory) -> Path:
+    """Like ``tiny_artifact``, exported with ``--video``: every graph, SAM2's memory modules included."""
+    from export.build import main
+
+    out = tmp_path_factory.mktemp("video_artifact") / "tiny"
+    main(["--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam),
+          "--out", str(out), "--fp32", "--video", "--engines", "skip"])
+    return out
+
+
+#: Sizes of the generated calibration images (JPEG and PNG alternating): any size, any aspect.
+CALIBRATION_IMAGE_SIZES = ((480, 640), (640, 480), (300, 300), (720, 1280), (200, 500), (500, 200))
+
+
+@pytest.fixture(scope="session")
+def calibration_dir(tmp_path_factory) -> Path:
+    """Six generated calibration images (no downloaded data)."""
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("calibration") / "images"
+    out.mkdir()
+    for i, (h, w) in enumerate(CALIBRATION_IMAGE_SIZES):
+        Image.fromarray(synthetic_image(h, w, seed=100 + i)).save(out / f"calib_{i}.{'png' if i % 2 else 'jpg'}", quality=95)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_precision_artifact(tiny_checkpoints, calibration_dir, tmp_path_factory) -> Path:
+    """An engines directory exported with ``--fp16 --int8 --calib-dir`` on the tiny models."""
+    from export.build import main
+
+    out = tmp_path_factory.mktemp("precision_artifact") / "tiny"
+    main(["--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam),
+          "--out", str(out), "--fp32", "--fp16", "--int8", "--calib-dir", str(calibration_dir),
+          "--calib-count", "6", "--engines", "skip"])
+    return out
+
+
 def synthetic_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A smooth RGB image with a few bright shapes: content that resizes like a photo does."""
     rng = np.random.default_rng(seed)

@@ -23,12 +23,14 @@ def onnxruntime_opener(
     precision: str = "fp32",
     providers: Sequence[str] = ("CPUExecutionProvider",),
     intra_op_threads: int | None = None,
+    verify: bool = True,
 ) -> Callable[[GraphSpec], "OrtGraph"]:  # noqa: F821 - imported lazily
-    """A function that opens a graph of ``manifest`` in ONNX Runtime, its files verified first."""
+    """A function that opens a graph of ``manifest`` in ONNX Runtime, its files verified first
+    (``verify=False`` when the caller has just verified them, as ``Pipeline.load`` does)."""
     from runtime.backends.onnxruntime import OrtGraph
 
     def open_graph(spec: GraphSpec) -> OrtGraph:
-        path = manifest.graph_path(spec.name, precision)
+        path = manifest.graph_path(spec.name, precision, verify=verify)
         return OrtGraph(path, spec, providers=providers, intra_op_threads=intra_op_threads,
                         disable_qdq_fusion=precision == "int8")
 

@@ -1,13 +1,14 @@
-"""Export time, peak memory and CPU latency (PyTorch eager vs ONNX Runtime) of the SAM2 graphs.
+"""Export time, peak memory and CPU latency (PyTorch eager vs ONNX Runtime) of the exported graphs.
 
-    python -m tools.measure_sam2_fullsize [--arch hiera-small|hiera-tiny | --model DIR]
-                                          [--graphs sam2_image sam2_decoder ...] [--boxes 1 16]
-                                          [--runs 3] [--threads 2] [--parity] [--out DIR] [--json FILE]
+    python -m tools.measure_fullsize [--arch owlv2-b16|hiera-small|hiera-tiny | --model DIR]
+                                     [--graphs owl_image sam2_decoder ...] [--prompts 4] [--boxes 1 16]
+                                     [--runs 3] [--threads 2] [--parity] [--out DIR] [--json FILE]
 
-Without ``--model`` the model is a ``Sam2Model`` with random weights and the real architecture of
-``facebook/sam2.1-hiera-small`` (or ``-tiny``): timings and memory do not depend on the weights, and
-no hub access is needed. ``--model DIR`` measures a local checkpoint instead (for example the one
-``python -m tools.tiny_checkpoints OUT`` writes under ``OUT/sam2``).
+Without ``--model`` the model has random weights and the real architecture of
+``google/owlv2-base-patch16-ensemble`` (``owlv2-b16``: ``Owlv2Config()`` with the vision tower at
+960 px, patch 16) or ``facebook/sam2.1-hiera-small`` (or ``-tiny``): timings and memory do not
+depend on the weights, and no hub access is needed (the OWLv2 tokenizer is the tiny checkpoints'
+BPE, whose ids all exist in the real vocabulary). ``--model DIR`` measures a local checkpoint instead.
 
 Each graph is measured in its own child process, so that its peak resident memory (``ru_maxrss``)
 is its own: model construction + export, then + the latency runs. Latency is the median of
@@ -30,11 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import OneLineArgumentParser, UserError, run_cli
+
 # Meta's sam2.1_hiera_{t,s}.yaml (trunk embed_dim 96, num_heads 1 doubling per stage, window_spec
 # [8, 4, 14, 7], window_pos_embed_bkg_spatial_size [7, 7], FPN d_model 256 over
 # [768, 384, 192, 96], top-down levels [2, 3]), as transformers' Sam2HieraDetConfig spells it. The
 # prompt encoder and mask decoder are transformers' defaults, which are those of every SAM2.1 size.
-ARCHES: dict[str, dict[str, Any]] = {
+SAM_ARCHES: dict[str, dict[str, Any]] = {
     "hiera-small": dict(blocks_per_stage=[1, 2, 11, 2], global_attention_blocks=[7, 10, 13]),
     "hiera-tiny": dict(blocks_per_stage=[1, 2, 7, 2], global_attention_blocks=[5, 7, 9]),
 }
@@ -51,14 +54,15 @@ _HIERA_COMMON = dict(
     query_stride=[2, 2],
     num_query_pool_stages=3,
 )
-SAM_GRAPH_NAMES = ("sam2_image", "sam2_decoder", "sam2_decoder_multimask")
+OWL_ARCH = "owlv2-b16"
+ARCHES = (OWL_ARCH, *SAM_ARCHES)
 
 
 def sam2_config(arch: str):
     """A ``Sam2Config`` with the architecture of ``facebook/sam2.1-<arch>``."""
     from transformers import Sam2Config
 
-    backbone = dict(model_type="sam2_hiera_det_model", **_HIERA_COMMON, **ARCHES[arch])
+    backbone = dict(model_type="sam2_hiera_det_model", **_HIERA_COMMON, **SAM_ARCHES[arch])
     vision = dict(
         model_type="sam2_vision_model",
         backbone_config=backbone,
@@ -71,19 +75,49 @@ def sam2_config(arch: str):
     return Sam2Config(vision_config=vision, prompt_encoder_config={}, mask_decoder_config={})
 
 
-def load(arch: str | None, model_dir: str | None, seed: int):
-    """A LoadedModel: the local checkpoint, or a random-weight model of ``arch``."""
-    import torch
-    from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
+def load(family: str, arch: str | None, model_dir: str | None, seed: int, init: str = "order1"):
+    """A LoadedModel: the local checkpoint, or a random-weight model of ``arch``.
 
-    from export.models import LoadedModel, load_sam
+    ``init="order1"`` re-initialises the random weights as the tiny checkpoints do (PyTorch's
+    default initialisers, outputs of order 1); ``"hf"`` keeps transformers' std-0.02 init, under
+    which a deep random ViT's activations grow to ~1e4 and the outputs are cancellations of huge
+    intermediates (a poor stand-in for trained weights).
+    """
+    import torch
+
+    from export.models import LoadedModel, load_owl, load_sam
 
     if model_dir:
-        return load_sam(model_dir)
+        return (load_owl if family == "owl" else load_sam)(model_dir)
     torch.manual_seed(seed)
-    model = Sam2Model(sam2_config(arch)).eval()
+    if family == "owl":
+        from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+        from tools.tiny_checkpoints import build_tokenizer
+
+        model = _initialised(Owlv2ForObjectDetection(Owlv2Config(vision_config={"image_size": 960, "patch_size": 16})), init, seed)
+        processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 960, "width": 960}),
+                                   tokenizer=build_tokenizer())
+        return LoadedModel("owl", f"random {arch}", model, processor, "random", None)
+    from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    model = _initialised(Sam2Model(sam2_config(arch)), init, seed)
     processor = Sam2Processor(image_processor=Sam2ImageProcessor(), target_size=1024)
     return LoadedModel("sam", f"random {arch}", model, processor, "random", None)
+
+
+def _initialised(model, init: str, seed: int):
+    from tools.tiny_checkpoints import reinitialise
+
+    if init == "order1":
+        reinitialise(model, seed)
+    return model.eval()
+
+
+def family_of(graph: str) -> str:
+    from runtime.graphs import GRAPHS
+
+    return GRAPHS[graph].family
 
 
 def _rss_mb() -> float:
@@ -111,15 +145,17 @@ def measure_graph(args: argparse.Namespace) -> dict[str, Any]:
 
     from export.graph_export import export_example_dims, export_to_onnx
     from export.parity import check_export_parity, failures
+    from export.owl import owl_graph_exports, owl_sizes
     from export.sam2 import sam2_graph_exports, sam2_sizes
     from runtime.backends.onnxruntime import OrtGraph
-    from runtime.graphs import BATCH, NUM_BOXES
+    from runtime.graphs import BATCH, NUM_BOXES, NUM_PROMPTS
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    loaded = load(args.arch, args.model, args.seed)
-    sizes = sam2_sizes(loaded)
-    graph = {g.spec.name: g for g in sam2_graph_exports(loaded, sizes)}[args.worker]
+    family = family_of(args.worker)
+    loaded = load(family, args.arch, args.model, args.seed, args.init)
+    sizes, exports = (owl_sizes, owl_graph_exports) if family == "owl" else (sam2_sizes, sam2_graph_exports)
+    graph = {g.spec.name: g for g in exports(loaded, sizes(loaded))}[args.worker]
     spec = graph.spec
     build_s = time.perf_counter() - t0
     rss_build = _rss_mb()
@@ -146,9 +182,10 @@ def measure_graph(args: argparse.Namespace) -> dict[str, Any]:
         "latency": [],
     }
     session = OrtGraph(path, spec, intra_op_threads=args.threads)
-    box_counts = args.boxes if NUM_BOXES in spec.dynamic_dims else [None]
-    for n in box_counts:
-        dims = {BATCH: 1} | ({NUM_BOXES: n} if n is not None else {})
+    counts = {NUM_BOXES: args.boxes, NUM_PROMPTS: args.prompts}
+    varied = [d for d in spec.dynamic_dims if d in counts]
+    for n in (counts[varied[0]] if varied else [None]):
+        dims = {d: 1 for d in spec.dynamic_dims} | ({varied[0]: n} if varied else {})
         feeds = graph.make_inputs(dims, np.random.default_rng(1))
         ms = _median_ms({"eager": lambda: graph.torch_outputs(feeds), "ort": lambda: session.run(feeds)}, args.runs)
         result["latency"].append({"dims": dims, "eager_ms": ms["eager"], "ort_ms": ms["ort"]})
@@ -196,23 +233,36 @@ def format_markdown(results: list[dict[str, Any]], threads: int, runs: int) -> s
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tools.measure_sam2_fullsize", description=__doc__.split("\n\n")[0])
+    from runtime.graphs import GRAPHS
+
+    p = OneLineArgumentParser(prog="python -m tools.measure_fullsize", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--arch", choices=sorted(ARCHES), default="hiera-small", help="random-weight architecture")
-    src.add_argument("--model", help="a local SAM2 checkpoint directory instead of random weights")
-    p.add_argument("--graphs", nargs="+", choices=SAM_GRAPH_NAMES, default=list(SAM_GRAPH_NAMES))
+    src.add_argument("--arch", choices=ARCHES, help="random-weight architecture (default: owlv2-b16 for OWL "
+                     "graphs, hiera-small for SAM2 graphs)")
+    src.add_argument("--model", help="a local checkpoint directory (of the graphs' family) instead of random weights")
+    image_graphs = sorted(n for n, g in GRAPHS.items() if not g.video)  # tools.measure_tracking times video
+    p.add_argument("--graphs", nargs="+", choices=image_graphs, default=image_graphs)
+    p.add_argument("--prompts", nargs="+", type=int, default=[4], help="prompt counts to time")
     p.add_argument("--boxes", nargs="+", type=int, default=[1, 16], help="decoder box counts to time")
     p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", choices=("order1", "hf"), default="order1",
+                   help="random weights: re-initialised to order-1 outputs (default) or transformers' init")
     p.add_argument("--parity", action="store_true", help="also run the export parity check per graph")
     p.add_argument("--out", help="where the ONNX files go (default: a temporary directory, removed)")
     p.add_argument("--json", help="also write the results as JSON here")
-    p.add_argument("--worker", choices=SAM_GRAPH_NAMES, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.model:
-        args.arch = None
-    return args
+    p.add_argument("--worker", choices=image_graphs, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def arch_for(graph: str, arch: str | None) -> str:
+    family = family_of(graph)
+    if arch is None:
+        return OWL_ARCH if family == "owl" else "hiera-small"
+    if (arch == OWL_ARCH) != (family == "owl"):
+        raise UserError(f"--arch {arch} has no graph {graph}; pick graphs of its family with --graphs")
+    return arch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,10 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or tmp
         results = []
         for name in args.graphs:
-            cmd = [sys.executable, "-m", "tools.measure_sam2_fullsize", "--worker", name, "--out", out,
+            cmd = [sys.executable, "-m", "tools.measure_fullsize", "--worker", name, "--out", out,
                    "--runs", str(args.runs), "--threads", str(args.threads), "--seed", str(args.seed),
-                   "--boxes", *map(str, args.boxes)]
-            cmd += ["--model", args.model] if args.model else ["--arch", args.arch]
+                   "--boxes", *map(str, args.boxes), "--prompts", *map(str, args.prompts), "--init", args.init]
+            cmd += ["--model", args.model] if args.model else ["--arch", arch_for(name, args.arch)]
             cmd += ["--parity"] if args.parity else []
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
@@ -242,6 +292,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.errors import run_cli
-
     run_cli(main)

@@ -1,0 +1,268 @@
+"""Calibration inputs of every graph, made from calibration images the way the runtime makes them.
+
+* ``owl_text``: tokenised prompts (a fixed list of everyday objects in the pipeline's prompt
+  template), ``prompts_per_run`` per run — it does not depend on the images;
+* ``owl_image`` / ``sam2_image``: each image through ``preprocess_owl`` / ``preprocess_sam2``,
+  one image per run;
+* ``owl_head``: the FP32 ``owl_image`` outputs of each image (run in ONNX Runtime) with the FP32
+  query embeddings of one prompt run;
+* ``sam2_decoder`` / ``sam2_decoder_multimask``: the FP32 ``sam2_image`` outputs of each image
+  with ``boxes_per_image`` boxes: the best-scoring OWLv2 detections of the image (the FP32 OWL
+  graphs on the calibration prompts, as the pipeline would prompt SAM2), topped up with random
+  plausible boxes (log-uniform sides from 3 % to 100 % of the image, seeded per image).
+
+Everything is computed on demand and kept until :meth:`CalibrationInputs.close`; ``feeds(graph,
+limit=1)`` costs one image (what ModelOpt needs for its placement analysis when the ranges are
+cached).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from calibration.images import CalibrationImages
+from runtime.backends.onnxruntime import OrtGraph
+from runtime.graphs import GRAPHS, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
+from runtime.manifest import TOKENIZER_DIR, graph_file_name
+from runtime.preprocessing import (OwlPreprocessing, Sam2Preprocessing, boxes_to_sam2_input, postprocess_owl,
+                                   preprocess_owl, preprocess_sam2)
+from runtime.tokenizer import PromptTokenizer
+
+#: Everyday objects (COCO's categories and a few more): the text graph is calibrated on these.
+CALIBRATION_PROMPTS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
+    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "suitcase", "frisbee", "skis",
+    "sports ball", "kite", "skateboard", "surfboard", "bottle", "wine glass", "cup", "fork", "knife",
+    "bowl", "banana", "apple", "sandwich", "orange", "pizza", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "keyboard", "cell phone", "microwave",
+    "oven", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "toothbrush",
+    "tree", "building", "road", "sky", "window", "door", "shoe", "hat", "flower", "red car",
+)
+
+_BOX_MIN_FRACTION, _BOX_MAX_FRACTION = 0.03, 1.0
+
+# graph -> the FP32 graphs whose outputs its calibration inputs are made of
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    OWL_TEXT.name: (),
+    OWL_IMAGE.name: (),
+    OWL_HEAD.name: (OWL_IMAGE.name, OWL_TEXT.name),
+    SAM2_IMAGE.name: (),
+    SAM2_DECODER.name: (SAM2_IMAGE.name, OWL_TEXT.name, OWL_IMAGE.name, OWL_HEAD.name),
+    SAM2_DECODER_MULTIMASK.name: (SAM2_IMAGE.name, OWL_TEXT.name, OWL_IMAGE.name, OWL_HEAD.name),
+}
+# graphs whose inputs do not depend on the images
+_IMAGE_FREE = (OWL_TEXT.name,)
+
+
+def random_boxes_xyxy(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    """``n`` valid xyxy boxes inside an ``h x w`` image, sides log-uniform from 3 % to 100 % of it."""
+    size = np.array([w, h], np.float64)
+    centre = rng.uniform(0.0, 1.0, (n, 2)) * size
+    side = size * np.exp(rng.uniform(np.log(_BOX_MIN_FRACTION), np.log(_BOX_MAX_FRACTION), (n, 2)))
+    lo = np.clip(centre - side / 2, 0.0, size - 1.0)
+    hi = np.clip(centre + side / 2, lo + 1.0, size)
+    return np.concatenate([lo, hi], axis=-1).astype(np.float32)
+
+
+class CalibrationInputs:
+    """Per-graph calibration feeds for an exported (FP32) engines directory being built in ``root``."""
+
+    def __init__(
+        self,
+        root: Path,
+        images: CalibrationImages,
+        owl: OwlPreprocessing,
+        sam: Sam2Preprocessing,
+        text_length: int,
+        *,
+        prompt_template: str = "a photo of {}",
+        prompts: tuple[str, ...] = CALIBRATION_PROMPTS,
+        prompts_per_run: int = 8,
+        boxes_per_image: int = 8,
+        detection_threshold: float = 0.1,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.images = images
+        self.owl, self.sam = owl, sam
+        self.texts = [prompt_template.format(p) for p in prompts]
+        self.prompts_per_run = prompts_per_run
+        self.boxes_per_image = boxes_per_image
+        self.detection_threshold = detection_threshold
+        self.seed = seed
+        self.progress = progress
+        self.tokenizer = PromptTokenizer(self.root / TOKENIZER_DIR, text_length)
+        self._graphs: dict[str, OrtGraph] = {}
+        self._memo: dict[tuple[str, int], Any] = {}
+
+    # --- what the cache key needs -----------------------------------------------------------
+    def supports(self, graph: str) -> bool:
+        return graph in UPSTREAM
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "prompts_sha256": hashlib.sha256(json.dumps(self.texts).encode()).hexdigest(),
+            "prompts_per_run": self.prompts_per_run,
+            "boxes_per_image": self.boxes_per_image,
+            "detection_threshold": self.detection_threshold,
+            "seed": self.seed,
+            "owl_preprocessing": self.owl.to_dict(),
+            "sam_preprocessing": self.sam.to_dict(),
+        }
+
+    def depends_on_images(self, graph: str) -> bool:
+        return graph not in _IMAGE_FREE
+
+    def runs(self, graph: str) -> int:
+        """How many calibration runs ``feeds(graph)`` gives."""
+        return self._num_text_runs() if graph == OWL_TEXT.name else len(self.images)
+
+    # --- feeds ------------------------------------------------------------------------------
+    def feeds(self, graph: str, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+        """One feed dict per calibration run of ``graph`` (the first ``limit`` of them)."""
+        if graph not in UPSTREAM:
+            raise KeyError(f"no calibration inputs are defined for graph {graph!r}")
+        n = self.runs(graph) if limit is None else min(limit, self.runs(graph))
+        make: Callable[[int], dict[str, np.ndarray]] = {
+            OWL_TEXT.name: self._text_feed,
+            OWL_IMAGE.name: lambda i: {OWL_IMAGE.input_names[0]: self._owl_pixels(i)},
+            OWL_HEAD.name: self._head_feed,
+            SAM2_IMAGE.name: lambda i: {SAM2_IMAGE.input_names[0]: self._sam_pixels(i)},
+            SAM2_DECODER.name: self._decoder_feed,
+            SAM2_DECODER_MULTIMASK.name: self._decoder_feed,
+        }[graph]
+        return [make(i) for i in self._progress(range(n), f"calibration inputs of {graph}", graph)]
+
+    def close(self) -> None:
+        self._memo.clear()
+        self._graphs.clear()
+
+    # --- internals --------------------------------------------------------------------------
+    def _progress(self, it, desc: str, graph: str):
+        upstream_work = bool(UPSTREAM[graph]) and len(it) > 1
+        if not (self.progress and upstream_work):
+            return it
+        from tqdm import tqdm
+
+        return tqdm(it, desc=desc, unit="run", leave=False, file=sys.stderr)
+
+    def _graph(self, name: str) -> OrtGraph:
+        if name not in self._graphs:
+            self._graphs[name] = OrtGraph(self.root / graph_file_name(name, "fp32"), GRAPHS[name])
+        return self._graphs[name]
+
+    def _cached(self, key: str, i: int, make: Callable[[], Any]) -> Any:
+        if (key, i) not in self._memo:
+            self._memo[(key, i)] = make()
+        return self._memo[(key, i)]
+
+    def _image(self, i: int) -> np.ndarray:
+        return self.images.load(i)
+
+    def _owl_pixels(self, i: int) -> np.ndarray:
+        def make():
+            img = self._image(i)
+            self._memo[("hw", i)] = img.shape[:2]
+            return preprocess_owl([img], self.owl)
+
+        return self._cached("owl_pixels", i, make)
+
+    def _sam_pixels(self, i: int) -> np.ndarray:
+        def make():
+            img = self._image(i)
+            self._memo[("hw", i)] = img.shape[:2]
+            return preprocess_sam2([img], self.sam)
+
+        return self._cached("sam_pixels", i, make)
+
+    def _hw(self, i: int) -> tuple[int, int]:
+        if ("hw", i) not in self._memo:
+            self._memo[("hw", i)] = self._image(i).shape[:2]
+        return self._memo[("hw", i)]
+
+    def _num_text_runs(self) -> int:
+        return math.ceil(len(self.texts) / self.prompts_per_run)
+
+    def _text_feed(self, run: int) -> dict[str, np.ndarray]:
+        k = self.prompts_per_run
+        return self.tokenizer(self.texts[run * k:(run + 1) * k])
+
+    def _queries(self, run: int) -> np.ndarray:
+        run %= self._num_text_runs()
+        return self._cached("queries", run, lambda: self._graph(OWL_TEXT.name).run(self._text_feed(run))[
+            OWL_TEXT.output_names[0]])
+
+    def _owl_features(self, i: int) -> dict[str, np.ndarray]:
+        return self._cached("owl_features", i, lambda: self._graph(OWL_IMAGE.name).run(
+            {OWL_IMAGE.input_names[0]: self._owl_pixels(i)}))
+
+    def _head_feed(self, i: int) -> dict[str, np.ndarray]:
+        f = self._owl_features(i)
+        values = [f[n] for n in OWL_HEAD.input_names[:3]] + [self._queries(i)]
+        return dict(zip(OWL_HEAD.input_names, values, strict=True))
+
+    def _sam_features(self, i: int) -> dict[str, np.ndarray]:
+        return self._cached("sam_features", i, lambda: self._graph(SAM2_IMAGE.name).run(
+            {SAM2_IMAGE.input_names[0]: self._sam_pixels(i)}))
+
+    def _detections(self, i: int) -> np.ndarray:
+        """OWLv2's best boxes on image ``i`` (xyxy image pixels, clipped, at most half the boxes)."""
+        def make():
+            feeds = self._head_feed(i)
+            (logits,) = self._graph(OWL_HEAD.name).run(feeds).values()
+            boxes_cxcywh = self._owl_features(i)[OWL_IMAGE.output_names[3]]
+            h, w = self._hw(i)
+            boxes, scores, _ = postprocess_owl(logits[0], boxes_cxcywh[0], (h, w), self.detection_threshold)
+            boxes = boxes[np.argsort(-scores, kind="stable")]
+            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
+            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
+            ok = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)
+            return boxes[ok][: self.boxes_per_image // 2]
+
+        return self._cached("detections", i, make)
+
+    def _decoder_feed(self, i: int) -> dict[str, np.ndarray]:
+        h, w = self._hw(i)
+        found = self._detections(i)
+        rng = np.random.default_rng([self.seed, i])
+        extra = random_boxes_xyxy(rng, self.boxes_per_image - len(found), h, w)
+        boxes = boxes_to_sam2_input(np.concatenate([found, extra]), (h, w), self.sam)[None]
+        feats = self._sam_features(i)
+        feeds = {name: feats[out] for name, out in zip(SAM2_DECODER.input_names[:-1], SAM2_IMAGE.output_names,
+                                                       strict=True)}
+        feeds[SAM2_DECODER.input_names[-1]] = boxes.astype(np.float32)
+        return feeds
+
+
+def graph_digest(root: Path, graph: str) -> str:
+    """sha256 of a graph's FP32 files (the .onnx and its external data, in that order)."""
+    h = hashlib.sha256()
+    path = Path(root) / graph_file_name(graph, "fp32")
+    for f in (path, path.with_name(path.name + ".data")):
+        if f.exists():
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def calibration_key(graph: str, graph_sha: Mapping[str, str], inputs: CalibrationInputs, method: str) -> dict[str, Any]:
+    """What the ranges of ``graph`` depend on: its FP32 graph, the FP32 graphs its inputs come from,
+    the calibration images (unless its inputs do not use them), the input settings and the method."""
+    return {
+        "graph": graph,
+        "graph_sha256": graph_sha[graph],
+        "upstream_sha256": {u: graph_sha[u] for u in UPSTREAM[graph]},
+        "images_sha256": inputs.images.digest if inputs.depends_on_images(graph) else None,
+        "settings": inputs.settings(),
+        "method": method,
+    }

@@ -1,0 +1,498 @@
+"""Text-prompted segmentation in one call: prompts -> boxes (OWLv2) -> masks (SAM2).
+
+    from runtime import Pipeline
+    pipe = Pipeline.load("engines/default", backend="auto", precision="fp16")
+    r = pipe.predict("photo.jpg", ["cat", "dog"], threshold=0.1)
+    r.boxes, r.scores, r.labels, r.masks
+
+``Pipeline.load`` verifies the artifact before it opens anything: the manifest's schema, the sha256 of
+every file it will load (tokenizer, graphs or engines) and, for TensorRT, that the engines were built
+with the running TensorRT version for the GPU in this machine. It logs (INFO, logger
+``runtime.pipeline``) which backend and precision it chose and why.
+
+``backend="auto"`` takes TensorRT when ``tensorrt`` imports, a CUDA device exists and the manifest has
+engines for this GPU and TensorRT version at the precision asked for; otherwise ONNX Runtime, and the
+log line names the condition that failed. ``backend="tensorrt"`` that cannot be met is an error
+saying what is missing; a precision the artifact lacks is an ``ArtifactError`` naming those it has.
+
+SAM2 is prompted with OWLv2's boxes as they are, also where they extend past the image, as the
+reference pipeline (``Sam2Processor`` does not clip) and SOWLv2 do.
+
+Per call, the text embeddings of a prompt tuple are computed once and cached; the OWLv2 image tower and
+the SAM2 image encoder run once per image (batched in ``predict_batch``); all boxes of an image go
+through one decoder call (in chunks of the engine profile's maximum number of boxes).
+
+Engine records (``manifest["engines"]``: graph -> precision -> GPU tag -> record) are read and
+checked with the TensorRT backend's own functions (``runtime.backends.tensorrt``), so the engine
+build, the backend and this choice agree on one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from runtime.errors import ArtifactError, UserError
+from runtime.graphs import BATCH, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
+from runtime.images import load_image
+from runtime.manifest import PRECISIONS, Manifest, load_manifest
+from runtime.owl import OwlDetector
+from runtime.sam2 import Sam2Segmenter
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Pipeline", "Result", "BackendChoice", "choose_backend", "nms"]
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+DEFAULT_PROMPT_TEMPLATE = "a photo of {}"
+DEFAULT_THRESHOLD = 0.1
+
+
+@dataclass
+class Result:
+    """Detections and masks of one image. Rows are in the reference's order (OWLv2 patch order)
+    unless NMS or ``max_detections`` was asked for; then by decreasing score."""
+
+    boxes: np.ndarray  # (N, 4) float32 xyxy in input-image pixels (not clipped, as the reference)
+    scores: np.ndarray  # (N,) float32
+    labels: np.ndarray  # (N,) int64, index into the prompt list
+    masks: np.ndarray  # (N, H, W) bool, H, W of the input image
+    prompts: tuple[str, ...] = field(default=())  # the prompts as given (before the template)
+
+    def __len__(self) -> int:
+        return int(len(self.scores))
+
+
+# ----------------------------------------------------------------------------------------------
+# What this machine has: probes that tests replace. Engine records, their GPU tags and their
+# verification are the TensorRT backend's (runtime.backends.tensorrt, pure Python until used).
+
+
+def _trt_module():
+    from runtime.backends import tensorrt as trt_backend
+
+    return trt_backend
+
+
+def tensorrt_version() -> tuple[str | None, str]:
+    """``(version, "")`` when a usable ``tensorrt`` imports, else ``(None, why not)``."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as e:  # OSError: the wheel is there, its shared libraries are not
+        return None, f"tensorrt is not importable ({_one_line(e)}); pip install 'owlsam-trt[trt]'"
+    version = str(getattr(tensorrt, "__version__", "0"))
+    trt_backend = _trt_module()
+    try:
+        major = trt_backend.tensorrt_major(version)
+    except UserError as e:
+        return None, str(e)
+    if major < trt_backend.MIN_TENSORRT_MAJOR:
+        return None, f"TensorRT {version} is older than {trt_backend.MIN_TENSORRT_MAJOR} (strongly typed engines)"
+    return version, ""
+
+
+def cuda_device() -> tuple[Any | None, str]:
+    """``(DeviceInfo of the current CUDA device, "")`` through cuda-python, else ``(None, why not)``."""
+    try:
+        return _trt_module().cuda_device(), ""
+    except UserError as e:
+        return None, str(e)
+    except Exception as e:  # a driver-less machine can raise from inside the bindings
+        return None, f"no usable CUDA driver ({_one_line(e)})"
+
+
+def _tensorrt_opener() -> tuple[Callable[..., Any] | None, str]:
+    try:
+        return _trt_module().tensorrt_opener, ""
+    except (ImportError, OSError, AttributeError) as e:
+        return None, f"the TensorRT backend of this toolkit does not load ({_one_line(e)})"
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing the backend.
+
+
+def engine_precisions(manifest: Manifest) -> list[str]:
+    """Precisions at which the manifest lists any TensorRT engine."""
+    have = set()
+    for by_precision in (manifest.data.get("engines") or {}).values():
+        if isinstance(by_precision, dict):
+            have |= {p for p, per_gpu in by_precision.items() if per_gpu}
+    return [p for p in PRECISIONS if p in have]
+
+
+def required_graphs(multimask: bool = False) -> tuple:
+    return (OWL_TEXT, OWL_IMAGE, OWL_HEAD, SAM2_IMAGE, SAM2_DECODER_MULTIMASK if multimask else SAM2_DECODER)
+
+
+def onnx_precisions(manifest: Manifest, graphs: Iterable) -> list[str]:
+    """Precisions at which every one of ``graphs`` has an ONNX file."""
+    have = None
+    for spec in graphs:
+        entry = manifest.graphs.get(spec.name)
+        got = set(entry.get("files", {})) if isinstance(entry, dict) else set()
+        have = got if have is None else have & got
+    return [p for p in PRECISIONS if p in (have or set())]
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: str  # "tensorrt" or "onnxruntime"
+    precision: str
+    reason: str
+    engines: tuple = ()  # runtime.backends.tensorrt.EngineRecord of each graph TensorRT will load
+    environment: Any = None  # runtime.backends.tensorrt.TrtEnvironment they were checked against
+
+    def describe(self) -> str:
+        return f"backend {self.backend}, precision {self.precision}: {self.reason}"
+
+
+def _tensorrt_blocker(manifest: Manifest, precision: str, graphs: Sequence) -> tuple[str, str, tuple, Any]:
+    """``(kind, why, engines, environment)``: kind "" when TensorRT can run, "environment" when this
+    machine lacks something, "artifact" when the engines are missing or were built elsewhere."""
+    try:
+        trt_backend = _trt_module()
+    except (ImportError, OSError) as e:
+        return "environment", f"the TensorRT backend of this toolkit does not load ({_one_line(e)})", (), None
+    version, why = tensorrt_version()
+    if version is None:
+        return "environment", why, (), None
+    opener, why = _tensorrt_opener()
+    if opener is None:
+        return "environment", why, (), None
+    device, why = cuda_device()
+    if device is None:
+        return "environment", why, (), None
+    env = trt_backend.TrtEnvironment(tensorrt_version=version, device=device)
+    have = engine_precisions(manifest)
+    hint = trt_backend.rebuild_hint(manifest.root)
+    if not have:
+        return "artifact", f"{manifest.root} has no TensorRT engines; build them on this GPU ({device}) with {hint}", (), env
+    if precision not in have:
+        return ("artifact", f"{manifest.root} has no {precision} TensorRT engines (it has engines at {', '.join(have)}); "
+                f"build them with {hint}", (), env)
+    chosen = []
+    for spec in graphs:
+        try:
+            rec = trt_backend.select_engine_record(manifest, spec.name, precision, env)
+        except ArtifactError as e:  # none for this graph, or only for other GPUs: names both sides
+            return "artifact", str(e), (), env
+        if rec.tensorrt_version != version:
+            return ("artifact", f"{manifest.root}: the {precision} engines were built with TensorRT {rec.tensorrt_version}, "
+                    f"this runtime has TensorRT {version}; engines are tied to a TensorRT version: rebuild with {hint} "
+                    f"(or install tensorrt=={rec.tensorrt_version})", (), env)
+        chosen.append(rec)
+    return "", f"TensorRT {version} on {device}, {precision} engines built for them", tuple(chosen), env
+
+
+def choose_backend(manifest: Manifest, backend: str = "auto", precision: str = "fp32",
+                   multimask: bool = False) -> BackendChoice:
+    """Which backend runs ``manifest`` at ``precision``, and why; raises when the request cannot be met."""
+    if backend not in BACKENDS:
+        raise UserError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    graphs = required_graphs(multimask)
+    onnx_have = onnx_precisions(manifest, graphs)
+
+    def lacks_precision(extra: str = "") -> ArtifactError:
+        has = f"ONNX graphs at {', '.join(onnx_have) or 'no precision'}"
+        if engine_precisions(manifest):
+            has += f", TensorRT engines at {', '.join(engine_precisions(manifest))}"
+        return ArtifactError(f"{manifest.root} has no {precision} graphs ({has}){extra}; "
+                             f"choose one of those or re-export with python -m export.build --{precision}")
+
+    if backend == "onnxruntime":
+        if precision not in onnx_have:
+            raise lacks_precision()
+        return BackendChoice("onnxruntime", precision, "requested")
+    kind, why, engines, env = _tensorrt_blocker(manifest, precision, graphs)
+    if backend == "tensorrt":
+        if kind == "environment":
+            raise UserError(f"backend tensorrt was requested but {why}; or use backend onnxruntime")
+        if kind == "artifact":
+            raise ArtifactError(why)
+        return BackendChoice("tensorrt", precision, f"requested; {why}", engines, env)
+    if not kind:
+        return BackendChoice("tensorrt", precision, why, engines, env)
+    if precision not in onnx_have:
+        raise lacks_precision(f" and TensorRT cannot be used: {why}")
+    return BackendChoice("onnxruntime", precision, f"auto: not tensorrt because {why}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Post-processing options.
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes: ``[len(a), len(b)]``."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float, per_label: bool = True) -> np.ndarray:
+    """Greedy non-maximum suppression; indices kept, by decreasing score (ties: original order).
+
+    A box is dropped when its IoU with a higher-scoring kept box exceeds ``iou``; with ``per_label``
+    only boxes of the same label suppress each other (as ``torchvision.ops.batched_nms``).
+    """
+    order = np.argsort(-scores, kind="stable")
+    if len(order) == 0:
+        return order
+    ious = box_iou(boxes[order], boxes[order])
+    same = labels[order][:, None] == labels[order][None, :] if per_label else np.ones_like(ious, bool)
+    suppressed = np.zeros(len(order), bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(order[i])
+        suppressed |= (ious[i] > iou) & same[i]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _check_threshold(value: Any, name: str, low_open: bool = False) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not (0.0 <= t <= 1.0) or (low_open and t == 0.0):
+        raise UserError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
+    return t
+
+
+def check_prompts(prompts: Any) -> tuple[str, ...]:
+    """The prompts as a tuple of non-empty strings (a lone string is one prompt)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    try:
+        items = list(prompts)
+    except TypeError:
+        raise UserError(f"prompts must be a list of strings, got {type(prompts).__name__}") from None
+    if not items:
+        raise UserError("no prompts given; pass at least one text prompt")
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise UserError(f"prompt {i} is a {type(p).__name__}, not a string; pass text prompts")
+        if not p.strip():
+            raise UserError(f"prompt {i} is empty; pass a word or phrase such as 'cat'")
+    return tuple(items)
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline.
+
+
+class Pipeline:
+    """OWLv2 detection + SAM2 segmentation on an engines directory. Create with :meth:`load`.
+
+    ``concurrent``: run the OWLv2 image tower and the SAM2 encoder of a batch at the same time (the
+    SAM2 encoder on a helper thread). Default: on for TensorRT (separate streams; the engines overlap
+    on the GPU), off for ONNX Runtime on CPU. Measured with full-size random-weight graphs
+    (OWLv2-B/16 @960, SAM2.1 hiera-small @1024) pinned to 2 cores, medians of 3: one after the other
+    7.0 s, concurrently 7.5 s (2 intra-op threads each) and 9.3 s (1 thread each): both sessions are
+    compute-bound and fight for the same cores. One after the other also lets the SAM2 encoder be
+    skipped for images without detections.
+    """
+
+    def __init__(self, manifest: Manifest, choice: BackendChoice, owl: OwlDetector, sam: Sam2Segmenter,
+                 concurrent: bool | None = None) -> None:
+        self.manifest = manifest
+        self.choice = choice
+        self.owl = owl
+        self.sam = sam
+        pipe = manifest.data.get("pipeline") or {}
+        self.prompt_template: str = str(pipe.get("prompt_template", DEFAULT_PROMPT_TEMPLATE))
+        self.default_threshold: float = float(pipe.get("threshold", DEFAULT_THRESHOLD))
+        profiles = manifest.data.get("profiles") or {}
+        self.max_batch: int = int(profiles.get(BATCH, {}).get("max", 1))
+        if concurrent is None:
+            concurrent = choice.backend == "tensorrt"
+        self.concurrent = bool(concurrent)
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def backend(self) -> str:
+        return self.choice.backend
+
+    @property
+    def precision(self) -> str:
+        return self.choice.precision
+
+    @classmethod
+    def load(cls, engines_dir: str | os.PathLike, backend: str = "auto", precision: str = "fp32", *,
+             multimask: bool = False, concurrent: bool | None = None,
+             providers: Sequence[str] = ("CPUExecutionProvider",), intra_op_threads: int | None = None) -> "Pipeline":
+        """Verify the artifact at ``engines_dir``, choose the backend and open every graph.
+
+        ``providers``/``intra_op_threads`` apply to ONNX Runtime only. ``multimask`` uses the
+        three-mask decoder (best by predicted IoU) instead of the single-mask one.
+        """
+        manifest = load_manifest(engines_dir)
+        choice = choose_backend(manifest, backend, precision, multimask)
+        graphs = required_graphs(multimask)
+        # Verify every file before anything is opened.
+        for rec in manifest.data.get("tokenizer") or []:
+            manifest.verify_file(rec["path"], rec["sha256"])
+        if choice.backend == "onnxruntime":
+            for spec in graphs:
+                manifest.graph_path(spec.name, choice.precision, verify=True)
+        else:
+            trt_backend = _trt_module()
+            for rec in choice.engines:  # sha256, TensorRT version, GPU name and compute capability
+                trt_backend.verify_engine_record(manifest, rec, choice.environment)
+        log.info("%s: %s", manifest.root, choice.describe())
+
+        if choice.backend == "onnxruntime":
+            from runtime.backends import onnxruntime_opener
+
+            opener = onnxruntime_opener(manifest, choice.precision, providers=providers,
+                                        intra_op_threads=intra_op_threads, verify=False)
+        else:
+            tensorrt_opener, why = _tensorrt_opener()
+            if tensorrt_opener is None:  # checked by choose_backend; a race with an uninstall
+                raise UserError(why)
+            opener = tensorrt_opener(manifest, choice.precision)
+        owl = OwlDetector.from_manifest(manifest, opener)
+        sam = Sam2Segmenter.from_manifest(manifest, opener, multimask=multimask)
+        return cls(manifest, choice, owl, sam, concurrent=concurrent)
+
+    # -- context management ------------------------------------------------------------------
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Pipeline({str(self.manifest.root)!r}, backend={self.backend!r}, precision={self.precision!r})"
+
+    # -- inference ---------------------------------------------------------------------------
+    def texts(self, prompts: Sequence[str], wrap_prompts: bool = True) -> list[str]:
+        """What the text tower sees: each prompt through the artifact's template (``"a photo of {}"``)."""
+        return [self.prompt_template.format(p) if wrap_prompts else p for p in prompts]
+
+    def predict(self, image: Any, prompts: Sequence[str] | str, threshold: float | None = None, *,
+                nms_iou: float | None = None, max_detections: int | None = None, per_label_nms: bool = True,
+                wrap_prompts: bool = True) -> Result:
+        """Boxes, scores, labels and masks of ``image`` (path, PIL image or HxWx3 uint8 RGB array).
+
+        ``threshold``: score threshold (default: the artifact's, 0.1). ``nms_iou``: drop boxes whose
+        IoU with a higher-scoring box (of the same label, unless ``per_label_nms=False``) exceeds it;
+        default no NMS, as the reference. ``max_detections``: keep the highest-scoring ones. Both are
+        applied before SAM2, so suppressed boxes cost no decoder work. ``wrap_prompts=False`` feeds
+        the prompts to the text tower as they are.
+        """
+        return self.predict_batch([image], prompts, threshold, nms_iou=nms_iou, max_detections=max_detections,
+                                  per_label_nms=per_label_nms, wrap_prompts=wrap_prompts)[0]
+
+    def track(self, source: Any, prompts: Sequence[str] | str = (), *, redetect_every: int | None = None,
+              threshold: float | None = None, boxes: np.ndarray | None = None, wrap_prompts: bool = True,
+              **tracker_options: Any):
+        """Track objects through a video: yields one ``runtime.tracker.TrackedFrame`` (ids, boxes,
+        masks) per frame, frames streamed one at a time (never all in memory).
+
+        ``source``: a video file (PyAV or OpenCV), a folder of frames, or an iterable of HxWx3 uint8
+        arrays. OWLv2 detects ``prompts`` on the first frame and every ``redetect_every`` frames; a
+        detection that overlaps no tracked object starts a new id; objects follow by SAM2's memory.
+        ``boxes`` (K, 4) xyxy start K objects on the first frame. Needs an artifact exported with
+        ``--video``.
+        """
+        from runtime.tracker import Sam2Tracker, track
+        from runtime.video_io import open_frames
+
+        prompts_t = check_prompts(prompts) if prompts else ()
+        t = self.default_threshold if threshold is None else _check_threshold(threshold, "threshold")
+        tracker = Sam2Tracker.open(self.manifest, self.backend, self.precision, **tracker_options)
+        queries = self.texts(prompts_t, wrap_prompts) if prompts_t else ()
+        with open_frames(source) as frames:
+            yield from track(frames, tracker, self.owl, queries, boxes=boxes, redetect_every=redetect_every,
+                             threshold=t)
+
+    def predict_batch(self, images: Sequence[Any], prompts: Sequence[str] | str, threshold: float | None = None, *,
+                      nms_iou: float | None = None, max_detections: int | None = None, per_label_nms: bool = True,
+                      wrap_prompts: bool = True) -> list[Result]:
+        """:meth:`predict` for several images, through the graphs' batch dimension (in chunks of the
+        artifact's batch profile maximum, each chunk decoded when its turn comes). Images may differ
+        in size."""
+        prompts_t = check_prompts(prompts)
+        t = self.default_threshold if threshold is None else _check_threshold(threshold, "threshold")
+        if nms_iou is not None:
+            nms_iou = _check_threshold(nms_iou, "nms_iou", low_open=True)
+        if max_detections is not None and (isinstance(max_detections, bool) or not isinstance(max_detections, (int, np.integer))
+                                           or max_detections < 0):
+            raise UserError(f"max_detections must be a whole number >= 0, got {max_detections!r}")
+        if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+            images = [images]
+        images = list(images)
+        if not images:
+            return []
+        queries = self.owl.query_embeds(self.texts(prompts_t, wrap_prompts))
+        out: list[Result] = []
+        for start in range(0, len(images), self.max_batch):
+            chunk = [load_image(im) for im in images[start : start + self.max_batch]]
+            out += self._predict_chunk(chunk, prompts_t, queries, t, nms_iou, max_detections, per_label_nms)
+        return out
+
+    def _predict_chunk(self, chunk: list[np.ndarray], prompts: tuple[str, ...], queries: np.ndarray, threshold: float,
+                       nms_iou: float | None, max_detections: int | None, per_label: bool) -> list[Result]:
+        hws = [im.shape[:2] for im in chunk]
+        sam_feats = None
+        if self.concurrent:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-encoder")
+            future = self._executor.submit(self.sam.image_features, chunk)
+            try:
+                owl_feats = self.owl.image_features(chunk)
+            except BaseException:
+                future.cancel()
+                wait([future])  # never leave the encoder running behind an error
+                raise
+            sam_feats = future.result()
+        else:
+            owl_feats = self.owl.image_features(chunk)
+        dets = self.owl.detect_features(owl_feats, hws, queries, threshold)
+        keeps = [_select(d.boxes, d.scores, d.labels, nms_iou, max_detections, per_label) for d in dets]
+        if sam_feats is None and any(len(k) for k in keeps):
+            sam_feats = self.sam.image_features(chunk)
+        results = []
+        for i, (d, keep, (h, w)) in enumerate(zip(dets, keeps, hws, strict=True)):
+            boxes = d.boxes[keep]
+            if len(boxes):
+                masks = self.sam.segment_features(sam_feats, i, (h, w), boxes, clip_boxes=False).masks
+            else:
+                masks = np.zeros((0, h, w), dtype=bool)
+            results.append(Result(boxes.astype(np.float32, copy=False).reshape(-1, 4),
+                                  d.scores[keep].astype(np.float32, copy=False),
+                                  d.labels[keep].astype(np.int64, copy=False), masks, prompts))
+        return results
+
+
+def _select(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, nms_iou: float | None,
+            max_detections: int | None, per_label: bool) -> np.ndarray:
+    """Indices of the detections to keep: all in order by default; else by decreasing score."""
+    if nms_iou is None and max_detections is None:
+        return np.arange(len(scores))
+    keep = nms(boxes, scores, labels, nms_iou, per_label) if nms_iou is not None else np.argsort(-scores, kind="stable")
+    return keep[:max_detections] if max_detections is not None else keep

@@ -1,0 +1,508 @@
+"""Streaming video tracking on exported SAM2 graphs: OWLv2 detections start objects, SAM2's memory tracks them.
+
+    tracker = Sam2Tracker.from_manifest(manifest, open_graph)      # needs an artifact exported with --video
+    for result in track(frames, tracker, detector, ["a photo of a cat"], redetect_every=30):
+        result.object_ids, result.boxes, result.masks              # one TrackedFrame per input frame
+
+What ``Sam2VideoModel`` does per frame (transformers' streaming video inference), on the graphs of
+``runtime.graphs`` (SAM2 video section), with the memory bank kept here:
+
+1. ``sam2_image`` encodes the frame once for every object;
+2. objects started on earlier frames: ``sam2_memory_attention`` conditions the embedding on each
+   object's memory bank, ``sam2_track_decoder`` decodes a mask without prompt (best of the multimask
+   outputs), ``sam2_object_pointer`` projects its token into the object pointer;
+3. objects started on this frame (box prompts, or OWLv2 detections): ``sam2_prompt_decoder`` on the
+   unconditioned embedding, then ``sam2_object_pointer``;
+4. ``sam2_memory_encoder`` turns each object's mask into its memory of this frame (binarised for a
+   prompted frame, sigmoid otherwise), rounded to bfloat16 as the reference stores it.
+
+The memory bank of an object is what the reference attends to: the memory and pointer of its prompted
+frame, plus ring buffers of its last ``num_maskmem - 1`` (6) tracked memories and last
+``max_object_pointers_in_encoder - 1`` (15) pointers. They are fixed-size numpy arrays allocated when
+the object starts, so memory stays flat over any number of frames (at most ``max_objects`` objects;
+objects absent for ``forget_after`` frames are dropped when set). Objects with equal bank lengths go
+through the graphs together, in chunks of ``objects_per_call``.
+
+Re-detection: on frame 0 and every ``redetect_every`` frames OWLv2 runs on the frame; each detection
+(by decreasing score) is decoded from its box, and starts a new object only if its mask overlaps no
+object of this frame (tracked or just started) with IoU >= ``new_object_iou`` (default 0.5). Mask IoU
+is measured on the decoders' low-res masks (256 x 256 for the released models).
+
+Differences from the reference, by design: a streamed video's length is unknown, so pointer offsets
+are normalised by ``max_object_pointers_in_encoder - 1`` as in the reference's streaming mode (its
+whole-video mode uses ``min(num_frames, 16) - 1``, the same for videos of 16 frames or more); the
+binarise-or-sigmoid choice of the memory encoder is per object (the reference applies one choice to
+all objects of a frame, which differs only on frames where objects start while others are tracked).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from runtime.backends import GraphRunner
+from runtime.errors import ArtifactError, UserError
+from runtime.graphs import (NUM_BOXES, NUM_OBJECTS, SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER,
+                            SAM2_OBJECT_POINTER, SAM2_PROMPT_DECODER, SAM2_TRACK_DECODER, SAM2_VIDEO_GRAPHS,
+                            GraphSpec)
+from runtime.manifest import Manifest
+from runtime.preprocessing import Sam2Preprocessing, boxes_to_sam2_input, postprocess_sam2_masks, preprocess_sam2
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrackedFrame", "Sam2Tracker", "track", "to_bfloat16_bits", "from_bfloat16_bits", "mask_boxes"]
+
+DEFAULT_NEW_OBJECT_IOU = 0.5
+DEFAULT_MAX_OBJECTS = 64
+
+# binding names, from the specs
+_EMBED, _FEAT0, _FEAT1 = SAM2_IMAGE.output_names
+_MA_IN = dict(zip(("embed", "memory", "pos", "slots", "pointers", "offsets"), SAM2_MEMORY_ATTENTION.input_names, strict=True))
+(_MA_OUT,) = SAM2_MEMORY_ATTENTION.output_names
+_TD_IN = SAM2_TRACK_DECODER.input_names
+_TD_MASKS, _TD_IOU, _TD_SCORES, _TD_TOKEN = SAM2_TRACK_DECODER.output_names
+_PD_BOXES = SAM2_PROMPT_DECODER.input_names[-1]
+_PD_MASKS, _PD_IOU, _PD_SCORES, _PD_TOKEN = SAM2_PROMPT_DECODER.output_names
+_OP_TOKEN, _OP_SCORES = SAM2_OBJECT_POINTER.input_names
+(_OP_OUT,) = SAM2_OBJECT_POINTER.output_names
+_ME_IN = dict(zip(("embed", "masks", "scores", "prompt"), SAM2_MEMORY_ENCODER.input_names, strict=True))
+_ME_FEATURES, _ME_POS = SAM2_MEMORY_ENCODER.output_names
+
+
+def to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even as ``torch.Tensor.to(bfloat16)``."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = u + (((u >> 16) & 1) + np.uint32(0x7FFF))
+    return (rounded >> 16).astype(np.uint16)
+
+
+def from_bfloat16_bits(b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32 (exact)."""
+    wide = b.astype(np.uint32) << 16
+    f = wide.view(np.float32)
+    if out is None:
+        return f
+    out[...] = f
+    return out
+
+
+#: ONNX Runtime computes attention as MatMul -> Softmax -> MatMul, materialising the attention map:
+#: with a full bank that is 4096 x (7 * 4096 + 64) floats (470 MB) per object and memory-attention
+#: layer for the released models. ``Sam2Tracker.open`` sizes the objects per call to this budget.
+ORT_ATTENTION_BUDGET_BYTES = 1 << 30
+
+
+def ort_objects_per_call(sizes: Mapping[str, int], budget: int = ORT_ATTENTION_BUDGET_BYTES) -> int:
+    """Objects per memory-attention call whose attention maps fit ``budget`` on ONNX Runtime."""
+    tokens = int(sizes["sam_memory_tokens"])
+    splits = max(1, int(sizes["sam_embed_dim"]) // int(sizes["sam_memory_dim"]))
+    keys = int(sizes["sam_num_maskmem"]) * tokens + splits * int(sizes["sam_max_object_pointers"])
+    return max(1, budget // (tokens * keys * 4))
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, 4) float32 xyxy of each mask's extent (pixel edges: x1 = last column + 1);
+    all zeros for an empty mask."""
+    n = masks.shape[0]
+    out = np.zeros((n, 4), np.float32)
+    for i in range(n):
+        rows = np.flatnonzero(masks[i].any(axis=1))
+        if rows.size == 0:
+            continue
+        cols = np.flatnonzero(masks[i].any(axis=0))
+        out[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return out
+
+
+@dataclass
+class TrackedFrame:
+    """The tracked objects of one frame, in the order they started (ids increase)."""
+
+    index: int  # frame index in the stream, from 0
+    object_ids: np.ndarray  # (N,) int64, stable across frames, from 1
+    labels: np.ndarray  # (N,) int64: prompt index of the detection that started the object; -1 for a box prompt
+    masks: np.ndarray  # (N, H, W) bool, H, W of the frame
+    boxes: np.ndarray  # (N, 4) float32 xyxy of each mask's extent, zeros where the mask is empty
+    object_scores: np.ndarray  # (N,) float32 SAM2 object score logits; <= 0 means absent (empty mask)
+    new: np.ndarray  # (N,) bool: the object started on this frame
+    image: np.ndarray | None = None  # the frame itself (HxWx3 uint8 RGB), for writers of overlays
+
+    def __len__(self) -> int:
+        return int(len(self.object_ids))
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.object_scores > 0
+
+
+class _Track:
+    """One object's memory bank: its prompted frame's memory and pointer, and fixed-size rings of
+    its most recent tracked memories (bfloat16 bits) and pointers."""
+
+    __slots__ = ("object_id", "label", "start", "cond_memory", "cond_pointer", "memory", "memory_frame",
+                 "pointer", "pointer_frame", "absent_for")
+
+    def __init__(self, object_id: int, label: int, start: int, recent_memories: int, recent_pointers: int,
+                 tokens: int, mem_dim: int, hidden: int) -> None:
+        self.object_id, self.label, self.start = object_id, label, start
+        self.cond_memory = np.zeros((tokens, mem_dim), np.uint16)
+        self.cond_pointer = np.zeros(hidden, np.float32)
+        self.memory = np.zeros((recent_memories, tokens, mem_dim), np.uint16)
+        self.memory_frame = np.full(recent_memories, -1, np.int64)
+        self.pointer = np.zeros((recent_pointers, hidden), np.float32)
+        self.pointer_frame = np.full(recent_pointers, -1, np.int64)
+        self.absent_for = 0
+
+    def store(self, t: int, memory_bits: np.ndarray, pointer: np.ndarray) -> None:
+        if t == self.start:
+            self.cond_memory[...] = memory_bits
+            self.cond_pointer[...] = pointer
+            return
+        i = t % len(self.memory_frame)
+        self.memory[i], self.memory_frame[i] = memory_bits, t
+        j = t % len(self.pointer_frame)
+        self.pointer[j], self.pointer_frame[j] = pointer, t
+
+    def bank(self, t: int) -> tuple[list[np.ndarray], list[int], list[np.ndarray], list[int]]:
+        """Memories (bits), their temporal slots, pointers and their frame offsets for frame t, in the
+        reference's order: prompted frame first, then memories oldest first and pointers newest first."""
+        recent_m, recent_p = len(self.memory_frame), len(self.pointer_frame)
+        memories, slots = [self.cond_memory], [recent_m]  # the prompted frame: the last slot
+        for off in range(recent_m, 0, -1):  # tracked frames only: after the prompted one
+            i = (t - off) % recent_m
+            if t - off > self.start and self.memory_frame[i] == t - off:
+                memories.append(self.memory[i])
+                slots.append(off - 1)
+        pointers, offsets = [self.cond_pointer], [t - self.start]
+        for off in range(1, recent_p + 1):
+            if t - off < 0:
+                break
+            j = (t - off) % recent_p
+            if t - off > self.start and self.pointer_frame[j] == t - off:
+                pointers.append(self.pointer[j])
+                offsets.append(off)
+        return memories, slots, pointers, offsets
+
+
+class _Timer:
+    """Accumulated wall time per stage (seconds) and frame count, for measurements."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.frames = 0
+
+    def __call__(self, stage: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[stage] += time.perf_counter() - self.t0
+
+        return _Span()
+
+    def per_frame_ms(self) -> dict[str, float]:
+        return {k: 1000.0 * v / max(self.frames, 1) for k, v in self.seconds.items()}
+
+
+class Sam2Tracker:
+    """SAM2 tracking state over one stream; ``step`` processes one frame. ``reset`` starts a new stream."""
+
+    def __init__(self, graphs: Mapping[str, GraphRunner], preprocessing: Sam2Preprocessing, sizes: Mapping[str, int],
+                 max_objects_per_call: int, max_boxes_per_call: int, *, objects_per_call: int | None = None,
+                 max_objects: int = DEFAULT_MAX_OBJECTS, new_object_iou: float = DEFAULT_NEW_OBJECT_IOU,
+                 forget_after: int | None = None) -> None:
+        needed = [SAM2_IMAGE, *SAM2_VIDEO_GRAPHS]
+        missing = [g.name for g in needed if g.name not in graphs]
+        if missing:
+            raise ArtifactError(f"tracking needs the graphs {missing}; re-export the artifact with python -m export.build --video")
+        self.graphs = dict(graphs)
+        self.preprocessing = preprocessing
+        self.slots = int(sizes["sam_num_maskmem"])
+        self.max_pointers = int(sizes["sam_max_object_pointers"])
+        self.tokens, self.mem_dim, self.hidden = (int(sizes[k]) for k in ("sam_memory_tokens", "sam_memory_dim", "sam_embed_dim"))
+        if objects_per_call is not None and objects_per_call < 1:
+            raise UserError(f"objects_per_call must be at least 1, got {objects_per_call}")
+        self.objects_per_call = min(objects_per_call or max_objects_per_call, max_objects_per_call)
+        self.boxes_per_call = int(max_boxes_per_call)
+        if max_objects < 1:
+            raise UserError(f"max_objects must be at least 1, got {max_objects}")
+        if not 0.0 < new_object_iou <= 1.0:
+            raise UserError(f"new_object_iou must be in (0, 1], got {new_object_iou}")
+        if forget_after is not None and forget_after < 1:
+            raise UserError(f"forget_after must be at least 1 frame (or None: never), got {forget_after}")
+        self.max_objects, self.new_object_iou, self.forget_after = max_objects, new_object_iou, forget_after
+        self.timer = _Timer()
+        self.reset()
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner], **options) -> "Sam2Tracker":
+        missing = [g.name for g in SAM2_VIDEO_GRAPHS if g.name not in manifest.graphs]
+        if missing:
+            raise ArtifactError(
+                f"{manifest.root} has no video graphs ({', '.join(missing)}); re-export it with "
+                "python -m export.build --video to track objects in videos"
+            )
+        pre = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
+        profiles = manifest.data["profiles"]
+        graphs = {g.name: open_graph(g) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
+        return cls(graphs, pre, manifest.sizes, int(profiles[NUM_OBJECTS]["max"]), int(profiles[NUM_BOXES]["max"]),
+                   **options)
+
+    @classmethod
+    def open(cls, manifest: Manifest, backend: str = "onnxruntime", precision: str = "fp32", **options) -> "Sam2Tracker":
+        """``from_manifest`` with the graphs opened on ``backend`` ("onnxruntime" or "tensorrt", as
+        chosen for the image pipeline) at ``precision``."""
+        from runtime.backends import onnxruntime_opener
+
+        if backend == "onnxruntime":
+            opener = onnxruntime_opener(manifest, precision)
+            if options.get("objects_per_call") is None:
+                options["objects_per_call"] = ort_objects_per_call(manifest.sizes)
+        elif backend == "tensorrt":
+            from runtime.backends.tensorrt import tensorrt_opener
+
+            opener = tensorrt_opener(manifest, precision)
+        else:
+            raise UserError(f"backend {backend!r} cannot track; use onnxruntime or tensorrt")
+        return cls.from_manifest(manifest, opener, **options)
+
+    def reset(self) -> None:
+        self.tracks: list[_Track] = []
+        self.next_id = 1
+        self.frame_index = 0
+        self.frame_hw: tuple[int, int] | None = None
+        self.memory_pos: np.ndarray | None = None
+        self._warned_full = False
+
+    @property
+    def num_objects(self) -> int:
+        return len(self.tracks)
+
+    # --- graph calls ---------------------------------------------------------------------------
+
+    def _run(self, spec: GraphSpec, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.timer(spec.name):
+            return self.graphs[spec.name].run(feeds)
+
+    def _encode(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+        with self.timer("preprocess"):
+            pixels = preprocess_sam2([frame], self.preprocessing)
+        return self._run(SAM2_IMAGE, {SAM2_IMAGE.input_names[0]: pixels})
+
+    def _track(self, t: int, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Masks, scores and pointers of every existing object on frame t, by memory attention."""
+        n = len(self.tracks)
+        h = self.preprocessing.mask_size
+        out = {"masks": np.empty((n, 1, h, h), np.float32), "scores": np.empty((n, 1), np.float32),
+               "pointers": np.empty((n, self.hidden), np.float32)}
+        if n == 0:
+            return out
+        banks = [tr.bank(t) for tr in self.tracks]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, (mems, _, ptrs, _) in enumerate(banks):
+            groups[(len(mems), len(ptrs))].append(i)
+        embed = feats[_EMBED][:1]
+        for (m, p), members in groups.items():
+            for start in range(0, len(members), self.objects_per_call):
+                idx = members[start : start + self.objects_per_call]
+                k = len(idx)
+                memory = np.empty((k, m, self.tokens, self.mem_dim), np.float32)
+                slots = np.zeros((k, m, self.slots), np.float32)
+                pointers = np.empty((k, p, self.hidden), np.float32)
+                offsets = np.empty((k, p), np.float32)
+                with self.timer("memory bank"):
+                    for r, i in enumerate(idx):
+                        mems, slot, ptrs, offs = banks[i]
+                        for j, bits in enumerate(mems):
+                            from_bfloat16_bits(bits, out=memory[r, j])
+                        slots[r, np.arange(m), slot] = 1.0
+                        pointers[r] = np.stack(ptrs)
+                        offsets[r] = offs
+                conditioned = self._run(SAM2_MEMORY_ATTENTION, {
+                    _MA_IN["embed"]: embed, _MA_IN["memory"]: memory, _MA_IN["pos"]: self.memory_pos,
+                    _MA_IN["slots"]: slots, _MA_IN["pointers"]: pointers, _MA_IN["offsets"]: offsets,
+                })[_MA_OUT]
+                dec = self._run(SAM2_TRACK_DECODER, dict(zip(_TD_IN, (conditioned, feats[_FEAT0][:1], feats[_FEAT1][:1]), strict=True)))
+                ptr = self._run(SAM2_OBJECT_POINTER, {_OP_TOKEN: dec[_TD_TOKEN], _OP_SCORES: dec[_TD_SCORES]})[_OP_OUT]
+                out["masks"][idx] = dec[_TD_MASKS]
+                out["scores"][idx] = dec[_TD_SCORES]
+                out["pointers"][idx] = ptr
+        return out
+
+    def _prompt(self, feats: dict[str, np.ndarray], boxes_model: np.ndarray) -> dict[str, np.ndarray]:
+        """Masks, scores and pointers of objects started from boxes (model-input coordinates)."""
+        n = len(boxes_model)
+        parts = []
+        for start in range(0, n, self.boxes_per_call):
+            chunk = boxes_model[None, start : start + self.boxes_per_call]
+            feeds = {_EMBED: feats[_EMBED][:1], _FEAT0: feats[_FEAT0][:1], _FEAT1: feats[_FEAT1][:1], _PD_BOXES: chunk}
+            dec = self._run(SAM2_PROMPT_DECODER, feeds)
+            masks, scores, tokens = dec[_PD_MASKS][0], dec[_PD_SCORES][0], dec[_PD_TOKEN][0]
+            ptrs = [self._run(SAM2_OBJECT_POINTER, {_OP_TOKEN: tokens[s : s + self.objects_per_call],
+                                                   _OP_SCORES: scores[s : s + self.objects_per_call]})[_OP_OUT]
+                    for s in range(0, len(tokens), self.objects_per_call)]
+            parts.append((masks, scores, np.concatenate(ptrs)))
+        return {"masks": np.concatenate([p[0] for p in parts]), "scores": np.concatenate([p[1] for p in parts]),
+                "pointers": np.concatenate([p[2] for p in parts])}
+
+    def _encode_memories(self, feats: dict[str, np.ndarray], masks: np.ndarray, scores: np.ndarray,
+                         is_prompt: np.ndarray) -> np.ndarray:
+        """bfloat16 bits [N, tokens, D] of each object's memory of this frame."""
+        n = len(masks)
+        bits = np.empty((n, self.tokens, self.mem_dim), np.uint16)
+        for s in range(0, n, self.objects_per_call):
+            e = slice(s, s + self.objects_per_call)
+            out = self._run(SAM2_MEMORY_ENCODER, {_ME_IN["embed"]: feats[_EMBED][:1], _ME_IN["masks"]: masks[e],
+                                                  _ME_IN["scores"]: scores[e], _ME_IN["prompt"]: is_prompt[e]})
+            if self.memory_pos is None:
+                self.memory_pos = np.ascontiguousarray(out[_ME_POS][:1])
+            with self.timer("memory bank"):
+                bits[e] = to_bfloat16_bits(out[_ME_FEATURES])
+        return bits
+
+    # --- one frame -----------------------------------------------------------------------------
+
+    def step(self, frame: np.ndarray, boxes: np.ndarray | None = None, labels: Sequence[int] | None = None,
+             dedupe: bool | Sequence[bool] = False) -> TrackedFrame:
+        """Track every object onto ``frame`` (HxWx3 uint8 RGB) and start one per box of ``boxes``
+        ((K, 4) xyxy in frame pixels). ``labels`` (prompt index per box, default -1) is carried in the
+        results. A box with ``dedupe`` (one flag, or one per box: detections) starts an object only
+        if its mask overlaps no object of this frame (tracked, or started from an earlier box) with
+        IoU >= ``new_object_iou``; boxes are taken in the given order."""
+        t = self.frame_index
+        if not (isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8):
+            what = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise UserError(f"frame {t}: expected an HxWx3 uint8 RGB array, got {what}")
+        hw = (int(frame.shape[0]), int(frame.shape[1]))
+        if self.frame_hw is None:
+            self.frame_hw = hw
+        elif hw != self.frame_hw:
+            raise UserError(
+                f"frame {t} is {hw[1]}x{hw[0]} but the stream started at {self.frame_hw[1]}x{self.frame_hw[0]}; "
+                "the frames of one video must share one size (resize them, or track each part separately)"
+            )
+        boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes)
+        if labels is None:
+            labels = [-1] * len(boxes)
+        if len(labels) != len(boxes):
+            raise UserError(f"frame {t}: {len(boxes)} boxes but {len(labels)} labels")
+        check = np.broadcast_to(np.asarray(dedupe, bool), (len(boxes),))
+        self.timer.frames += 1
+
+        if not self.tracks and len(boxes) == 0:  # nothing to track: no SAM2 work at all
+            self.frame_index += 1
+            empty = np.zeros(0, np.int64)
+            return TrackedFrame(t, empty, empty.copy(), np.zeros((0, *hw), bool), np.zeros((0, 4), np.float32),
+                                np.zeros(0, np.float32), np.zeros(0, bool), frame)
+
+        feats = self._encode(frame)
+        tracked = self._track(t, feats)
+        n_old = len(self.tracks)
+        masks, scores, pointers = tracked["masks"], tracked["scores"], tracked["pointers"]
+        if len(boxes):
+            boxes_model = boxes_to_sam2_input(boxes, hw, self.preprocessing)
+            prompted = self._prompt(feats, boxes_model)
+            keep = self._select_new(masks, prompted["masks"], check)
+            room = self.max_objects - n_old
+            if len(keep) > room:
+                log.warning("frame %d: %d new objects but room for %d (max_objects=%d); the lowest-ranked are "
+                            "not tracked", t, len(keep), max(room, 0), self.max_objects)
+                keep = keep[: max(room, 0)]
+            if keep:
+                masks = np.concatenate([masks, prompted["masks"][keep]])
+                scores = np.concatenate([scores, prompted["scores"][keep]])
+                pointers = np.concatenate([pointers, prompted["pointers"][keep]])
+                for i in keep:
+                    self.tracks.append(_Track(self.next_id, int(labels[i]), t, self.slots - 1, self.max_pointers - 1,
+                                              self.tokens, self.mem_dim, self.hidden))
+                    self.next_id += 1
+        is_prompt = np.zeros((len(self.tracks), 1), np.float32)
+        is_prompt[n_old:] = 1.0
+        bits = self._encode_memories(feats, masks, scores, is_prompt)
+        with self.timer("memory bank"):
+            for i, tr in enumerate(self.tracks):
+                tr.store(t, bits[i], pointers[i])
+        with self.timer("postprocess"):
+            full = postprocess_sam2_masks(masks, hw, self.preprocessing)[:, 0]
+            result = TrackedFrame(
+                index=t,
+                object_ids=np.array([tr.object_id for tr in self.tracks], np.int64),
+                labels=np.array([tr.label for tr in self.tracks], np.int64),
+                masks=full,
+                boxes=mask_boxes(full),
+                object_scores=scores[:, 0].astype(np.float32),
+                new=np.arange(len(self.tracks)) >= n_old,
+                image=frame,
+            )
+        self._forget(result)
+        self.frame_index += 1
+        return result
+
+    def _select_new(self, tracked_masks: np.ndarray, new_masks: np.ndarray, check: np.ndarray) -> list[int]:
+        """Indices of the boxes that start objects: those not checked, and the checked ones whose
+        low-res mask is not empty and overlaps no tracked or already started mask with IoU >=
+        new_object_iou."""
+        kept: list[np.ndarray] = [m[0].ravel() > 0 for m in tracked_masks]
+        keep = []
+        for i, m in enumerate(new_masks):
+            fg = m[0].ravel() > 0
+            if check[i]:
+                if not fg.any():
+                    continue  # an empty mask (object absent) starts nothing
+                if any(np.logical_and(fg, k).sum() >= self.new_object_iou * np.logical_or(fg, k).sum() for k in kept):
+                    continue
+            keep.append(i)
+            kept.append(fg)
+        return keep
+
+    def _forget(self, result: TrackedFrame) -> None:
+        if self.forget_after is None:
+            return
+        for tr, present in zip(self.tracks, result.present):
+            tr.absent_for = 0 if present else tr.absent_for + 1
+        gone = [tr.object_id for tr in self.tracks if tr.absent_for >= self.forget_after]
+        if gone:
+            log.info("frame %d: objects %s absent for %d frames, no longer tracked", result.index, gone, self.forget_after)
+            self.tracks = [tr for tr in self.tracks if tr.absent_for < self.forget_after]
+
+
+def track(frames: Iterable[np.ndarray], tracker: Sam2Tracker, detector=None, queries: Sequence[str] = (), *,
+          boxes: np.ndarray | None = None, redetect_every: int | None = None, threshold: float = 0.1,
+          ) -> Iterator[TrackedFrame]:
+    """Track objects through ``frames`` (HxWx3 uint8 RGB, consumed one at a time); yield one
+    ``TrackedFrame`` per frame.
+
+    Objects start from ``boxes`` ((K, 4) xyxy on the first frame: each box one object), and/or from
+    OWLv2 detections of ``queries`` (the text as the detector takes it, prompt template applied) on
+    the first frame and every ``redetect_every`` frames (None or 0: the first frame only), above
+    ``threshold``; a detection overlapping an object of that frame (mask IoU >= the tracker's
+    ``new_object_iou``) starts nothing.
+    """
+    if redetect_every is not None and redetect_every < 0:
+        raise UserError(f"redetect_every must be a positive number of frames (or 0/None: first frame only), got {redetect_every}")
+    if queries and detector is None:
+        raise UserError("text prompts need an OWLv2 detector; pass one, or give boxes instead")
+    if not queries and boxes is None:
+        raise UserError("nothing to track: give text prompts or boxes for the first frame")
+    tracker.reset()
+    for t, frame in enumerate(frames):
+        new_boxes, labels, dedupe = np.zeros((0, 4), np.float32), [], []
+        if t == 0 and boxes is not None:  # each box one object
+            new_boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+            labels, dedupe = [-1] * len(new_boxes), [False] * len(new_boxes)
+        if queries and (t == 0 or (redetect_every and t % redetect_every == 0)):
+            with tracker.timer("detection"):
+                det = detector.detect([frame], list(queries), threshold)[0]
+            order = np.argsort(-det.scores, kind="stable")  # the best detection of an object starts it
+            new_boxes = np.concatenate([new_boxes, det.boxes[order].astype(np.float32)])
+            labels += det.labels[order].tolist()
+            dedupe += [True] * len(order)
+        yield tracker.step(frame, new_boxes, labels, dedupe=dedupe)

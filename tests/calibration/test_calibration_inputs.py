@@ -1,0 +1,107 @@
+"""Calibration inputs: the runtime's preprocessing, upstream FP32 graphs for downstream inputs, boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calibration.images import read_calibration_images
+from calibration.inputs import UPSTREAM, CalibrationInputs, calibration_key, graph_digest
+from runtime.backends import onnxruntime_opener
+from runtime.graphs import GRAPHS, OWL_IMAGE, SAM2_DECODER, SAM2_IMAGE
+from runtime.images import load_image
+from runtime.manifest import load_manifest
+from runtime.owl import OwlDetector
+from runtime.preprocessing import (OwlPreprocessing, Sam2Preprocessing, boxes_to_sam2_input, preprocess_owl,
+                                   preprocess_sam2)
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_artifact):
+    return load_manifest(tiny_artifact)
+
+
+def make_inputs(manifest, calibration_dir, count=6, **kw):
+    images = read_calibration_images(calibration_dir, count=count, progress=False)
+    return CalibrationInputs(manifest.root, images, OwlPreprocessing.from_dict(manifest.preprocessing("owl")),
+                             Sam2Preprocessing.from_dict(manifest.preprocessing("sam")),
+                             manifest.sizes["owl_text_length"], progress=False, **kw)
+
+
+def test_feeds_of_every_graph_follow_the_spec(manifest, calibration_dir):
+    inputs = make_inputs(manifest, calibration_dir)
+    for name in UPSTREAM:
+        spec = GRAPHS[name]
+        feeds = inputs.feeds(name)
+        assert len(feeds) == inputs.runs(name) > 1
+        for feed in feeds:
+            assert list(feed) == spec.input_names
+            for t in spec.inputs:
+                a = feed[t.name]
+                assert a.dtype == np.dtype(t.dtype) and a.ndim == len(t.shape), (name, t.name)
+                for size, dim in zip(a.shape, t.shape):
+                    assert size == manifest.sizes[dim] if dim in manifest.sizes else size >= 1, (name, t.name, dim)
+
+
+def test_image_inputs_are_the_runtime_preprocessing(manifest, calibration_dir):
+    inputs = make_inputs(manifest, calibration_dir)
+    image = load_image(inputs.images.paths[2])
+    owl = OwlPreprocessing.from_dict(manifest.preprocessing("owl"))
+    sam = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
+    np.testing.assert_array_equal(inputs.feeds(OWL_IMAGE.name)[2]["pixel_values"], preprocess_owl([image], owl))
+    np.testing.assert_array_equal(inputs.feeds(SAM2_IMAGE.name)[2]["pixel_values"], preprocess_sam2([image], sam))
+
+
+def test_decoder_boxes_are_owl_detections_topped_up_with_random_boxes(manifest, calibration_dir):
+    inputs = make_inputs(manifest, calibration_dir, boxes_per_image=8)
+    detector = OwlDetector.from_manifest(manifest, onnxruntime_opener(manifest))
+    sam = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
+    side = manifest.sizes["sam_image_size"]
+    found_any = False
+    for i, feed in enumerate(inputs.feeds(SAM2_DECODER.name)):
+        boxes = feed["boxes"][0]
+        assert boxes.shape == (8, 4)
+        assert np.all(boxes >= 0) and np.all(boxes <= side)
+        assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+        image = load_image(inputs.images.paths[i])
+        (det,) = detector.detect([image], inputs.texts[: inputs.prompts_per_run], threshold=0.1)
+        top = det.boxes[np.argsort(-det.scores, kind="stable")]
+        top[:, 0::2] = np.clip(top[:, 0::2], 0, image.shape[1])
+        top[:, 1::2] = np.clip(top[:, 1::2], 0, image.shape[0])
+        top = top[(top[:, 2] - top[:, 0] >= 2) & (top[:, 3] - top[:, 1] >= 2)][:4]
+        np.testing.assert_allclose(boxes[: len(top)], boxes_to_sam2_input(top, image.shape[:2], sam), rtol=1e-6)
+        found_any |= len(top) > 0
+        # the encoder features are the FP32 sam2_image outputs of the same image
+        np.testing.assert_array_equal(feed["image_embed"], inputs._sam_features(i)["image_embed"])
+    assert found_any, "the tiny OWLv2 should detect something on the calibration images"
+
+
+def test_feeds_are_deterministic_and_limit_costs_one_run(manifest, calibration_dir):
+    a = make_inputs(manifest, calibration_dir).feeds(SAM2_DECODER.name)
+    fresh = make_inputs(manifest, calibration_dir)
+    b = fresh.feeds(SAM2_DECODER.name, limit=1)
+    assert len(b) == 1
+    assert {i for (_, i) in fresh._memo} == {0}
+    for name in a[0]:
+        np.testing.assert_array_equal(a[0][name], b[0][name])
+
+
+def test_calibration_key_names_what_the_ranges_depend_on(manifest, calibration_dir, tmp_path, make_image):
+    from PIL import Image
+
+    inputs = make_inputs(manifest, calibration_dir)
+    shas = {n: graph_digest(manifest.root, n) for n in UPSTREAM}
+    key = calibration_key(SAM2_DECODER.name, shas, inputs, "entropy")
+    assert key["graph_sha256"] == shas[SAM2_DECODER.name]
+    assert set(key["upstream_sha256"]) == {"sam2_image", "owl_image", "owl_text", "owl_head"}
+    assert key["images_sha256"] == inputs.images.digest
+    assert calibration_key("owl_text", shas, inputs, "entropy")["images_sha256"] is None
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(4):
+        Image.fromarray(make_image(64, 64, seed=i)).save(other / f"{i}.png")
+    images = read_calibration_images(other, progress=False)
+    inputs2 = CalibrationInputs(manifest.root, images, inputs.owl, inputs.sam, manifest.sizes["owl_text_length"])
+    assert calibration_key(SAM2_DECODER.name, shas, inputs2, "entropy") != key
+    assert calibration_key("owl_text", shas, inputs2, "entropy") == calibration_key("owl_text", shas, inputs, "entropy")
+    assert calibration_key(SAM2_DECODER.name, shas, inputs, "max") != key

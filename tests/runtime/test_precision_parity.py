@@ -1,0 +1,215 @@
+"""Task-level acceptance of the FP16 and INT8 graphs on CPU, through the torch-free runtime.
+
+``OwlDetector`` / ``Sam2Segmenter`` opened with ``onnxruntime_opener(manifest, precision=...)`` on
+the ``--fp16 --int8`` artifact of the tiny checkpoints, against the FP32 transformers pipeline
+(``Owlv2ForObjectDetection`` + ``post_process_grounded_object_detection``, ``Sam2Model`` +
+``Sam2Processor.post_process_masks``), with the thresholds of ``runtime.graphs.PRECISION_ACCEPTANCE``:
+FP16 detections matched one to one with box IoU >= 0.95 and masks IoU >= 0.97; INT8 the labels of the
+five best detections and masks IoU >= 0.90; embeddings by cosine per graph (0.999 / 0.99).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.backends import onnxruntime_opener
+from runtime.graphs import PRECISION_ACCEPTANCE
+from runtime.manifest import load_manifest
+from runtime.owl import OwlDetector
+from runtime.preprocessing import preprocess_owl, preprocess_sam2
+from runtime.sam2 import Sam2Segmenter
+
+PROMPTS = ["a photo of a cat", "a photo of a dog", "a photo of a person", "a photo of a red car", "a photo of a bird"]
+THRESHOLD = 0.1
+# detections whose reference score is this close to the threshold may fall on either side of it
+BORDER = 0.01
+IMAGES = [((480, 640), 11), ((640, 480), 12), ((333, 500), 13)]
+# a stability score this many low-res mask pixels from SAM2's threshold is a tie (see the mask test)
+TIE_PIXELS = 3
+# predicted IoUs of two multimask outputs this close are a tie for the best-of-three choice
+IOU_TIE = 0.01
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_precision_artifact):
+    return load_manifest(tiny_precision_artifact)
+
+
+@pytest.fixture(scope="module")
+def owl_reference(tiny_checkpoints):
+    from transformers import Owlv2ForObjectDetection, Owlv2Processor
+
+    model = Owlv2ForObjectDetection.from_pretrained(tiny_checkpoints.owl).eval()
+    processor = Owlv2Processor.from_pretrained(tiny_checkpoints.owl)
+
+    def run(image: np.ndarray):
+        inputs = processor(text=[PROMPTS], images=image, return_tensors="pt")
+        with torch.inference_mode():
+            out = model(**inputs)
+        (r,) = processor.post_process_grounded_object_detection(out, threshold=THRESHOLD, target_sizes=[image.shape[:2]])
+        return (r["boxes"].numpy(), r["scores"].numpy(), r["labels"].numpy()), out
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def sam_reference(tiny_checkpoints):
+    from transformers import Sam2Model, Sam2Processor
+
+    model = Sam2Model.from_pretrained(tiny_checkpoints.sam).eval()
+    processor = Sam2Processor.from_pretrained(tiny_checkpoints.sam)
+    decoder = model.mask_decoder
+
+    def masks(image: np.ndarray, boxes: np.ndarray) -> dict[str, np.ndarray]:
+        """The reference's single-mask output, and the two candidates its stability rule chooses from:
+        the single-mask token and the multimask output with the best predicted IoU."""
+        inputs = processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt")
+        post = lambda m: processor.post_process_masks(m, inputs["original_sizes"])[0].numpy()  # noqa: E731
+        rows = np.arange(len(boxes))
+        with torch.inference_mode():
+            chosen = model(**inputs, multimask_output=False)
+            multi = model(**inputs, multimask_output=True)
+            decoder.dynamic_multimask_via_stability = False
+            try:
+                single = model(**inputs, multimask_output=False)
+            finally:
+                decoder.dynamic_multimask_via_stability = True
+        logits = single.pred_masks[0, :, 0].flatten(1)
+        delta = decoder.dynamic_multimask_stability_delta
+        area_i, area_u = (logits > delta).sum(-1).double(), (logits > -delta).sum(-1).double()
+        stability = torch.where(area_u > 0, area_i / area_u.clamp(min=1), torch.ones_like(area_u)).numpy()
+        order = np.argsort(-multi.iou_scores[0].numpy(), axis=-1, kind="stable")
+        predicted = np.take_along_axis(multi.iou_scores[0].numpy(), order, axis=-1)
+        multi_masks = post(multi.pred_masks)
+        return {
+            "chosen": post(chosen.pred_masks)[:, 0],
+            "single": post(single.pred_masks)[:, 0],
+            "multi": multi_masks[rows, order[:, 0]],
+            "multi_second": multi_masks[rows, order[:, 1]],
+            "multi_margin": predicted[:, 0] - predicted[:, 1],  # best minus second predicted IoU
+            # how many low-res pixels the stability score is from the threshold it is compared with
+            "margin_pixels": np.abs(stability - decoder.dynamic_multimask_stability_thresh) * area_u.numpy(),
+            "picked_single": stability >= decoder.dynamic_multimask_stability_thresh,
+        }
+
+    def embeddings(pixel_values: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return [e.numpy() for e in model.get_image_embeddings(torch.from_numpy(pixel_values))]
+
+    return masks, embeddings
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    inter = (a & b).reshape(len(a), -1).sum(1)
+    union = (a | b).reshape(len(a), -1).sum(1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def random_boxes(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x0, y0 = rng.uniform(0, 0.7 * w, n), rng.uniform(0, 0.7 * h, n)
+    bw, bh = rng.uniform(0.15, 0.3, n) * w + 4, rng.uniform(0.15, 0.3, n) * h + 4
+    return np.stack([x0, y0, np.minimum(x0 + bw, w), np.minimum(y0 + bh, h)], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_detections_match_the_fp32_reference(manifest, owl_reference, make_image, precision):
+    acc = PRECISION_ACCEPTANCE[precision]
+    detector = OwlDetector.from_manifest(manifest, onnxruntime_opener(manifest, precision=precision))
+    for hw, seed in IMAGES:
+        image = make_image(*hw, seed=seed)
+        (rb, rs, rl), _ = owl_reference(image)
+        (got,) = detector.detect([image], PROMPTS, threshold=THRESHOLD)
+        assert len(rb) > 0
+        if acc.min_box_iou is not None:  # FP16: one to one, same label, box IoU
+            clear = np.abs(rs - THRESHOLD) > BORDER
+            iou = np.where(rl[:, None] == got.labels[None, :], box_iou(rb, got.boxes), 0.0)
+            assert np.all(iou[clear].max(axis=1) >= acc.min_box_iou), (hw, iou[clear].max(axis=1).min())
+            got_clear = np.abs(got.scores - THRESHOLD) > BORDER
+            assert np.all(iou[:, got_clear].max(axis=0) >= acc.min_box_iou), "a detection the reference lacks"
+        if acc.top_k_labels is not None:  # INT8: the labels of the best detections
+            top = np.argsort(-rs, kind="stable")[: acc.top_k_labels]
+            iou = box_iou(rb[top], got.boxes)
+            partner = iou.argmax(axis=1)
+            assert np.all(iou[np.arange(len(top)), partner] >= 0.5), hw
+            np.testing.assert_array_equal(got.labels[partner], rl[top])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_masks_match_the_fp32_reference(manifest, sam_reference, make_image, precision):
+    """Single-mask decoder (the runtime's default). SAM2 replaces the single mask by the best multimask
+    output when the single mask's stability score (an area ratio of the 16x16 low-res mask here) is
+    below 0.98; where that score is within ``TIE_PIXELS`` low-res pixels of the threshold the choice
+    is a tie that any perturbation flips (the random tiny SAM2 puts most boxes there). A mask must
+    match the reference's choice, or at a tie the reference's other candidate, with the precision's IoU."""
+    masks, _ = sam_reference
+    min_iou = PRECISION_ACCEPTANCE[precision].min_mask_iou
+    segmenter = Sam2Segmenter.from_manifest(manifest, onnxruntime_opener(manifest, precision=precision))
+    for (h, w), seed in IMAGES:
+        image = make_image(h, w, seed=seed)
+        boxes = random_boxes(5, h, w, seed)
+        ref = masks(image, boxes)
+        assert ref["chosen"].any(axis=(1, 2)).all(), "the reference masks should not be empty"
+        got = segmenter.segment(image, boxes).masks
+        iou = mask_iou(got, ref["chosen"])
+        other = mask_iou(got, np.where(ref["picked_single"][:, None, None], ref["multi"], ref["single"]))
+        tie = ref["margin_pixels"] <= TIE_PIXELS
+        assert np.all((iou >= min_iou) | (tie & (other >= min_iou))), (iou, other, ref["margin_pixels"])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_multimask_masks_match_the_fp32_reference(manifest, sam_reference, make_image, precision):
+    """The multimask decoder, best of three by predicted IoU: every mask matches the reference's best,
+    or, where the reference's two best predicted IoUs are within ``IOU_TIE``, its second best."""
+    masks, _ = sam_reference
+    min_iou = PRECISION_ACCEPTANCE[precision].min_mask_iou
+    segmenter = Sam2Segmenter.from_manifest(manifest, onnxruntime_opener(manifest, precision=precision), multimask=True)
+    for (h, w), seed in IMAGES:
+        image = make_image(h, w, seed=seed)
+        boxes = random_boxes(5, h, w, seed)
+        ref = masks(image, boxes)
+        got = segmenter.segment(image, boxes).masks
+        iou, second = mask_iou(got, ref["multi"]), mask_iou(got, ref["multi_second"])
+        tie = ref["multi_margin"] <= IOU_TIE
+        assert np.all((iou >= min_iou) | (tie & (second >= min_iou))), (iou, second, ref["multi_margin"])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_embeddings_match_by_cosine_per_graph(manifest, owl_reference, sam_reference, make_image, precision):
+    min_cos = PRECISION_ACCEPTANCE[precision].min_cosine
+    opener = onnxruntime_opener(manifest, precision=precision)
+    detector = OwlDetector.from_manifest(manifest, opener)
+    segmenter = Sam2Segmenter.from_manifest(manifest, opener)
+    _, sam_embeddings = sam_reference
+    for (h, w), seed in IMAGES:
+        image = make_image(h, w, seed=seed)
+        _, out = owl_reference(image)
+        # owl_text: the query embeddings
+        assert cos_rows(detector.query_embeds(PROMPTS), out.text_embeds[0].numpy()).min() >= min_cos
+        # owl_image: per-patch class embeddings (rows) and boxes
+        feats = detector.image_features([image])
+        assert cos_rows(feats["image_class_embeds"][0], out.class_embeds[0].numpy()).min() >= min_cos
+        # owl_head: the logits of every patch for every prompt
+        logits = detector.head.run({"image_class_embeds": feats["image_class_embeds"], "logit_shift": feats["logit_shift"],
+                                    "logit_scale": feats["logit_scale"], "query_embeds": detector.query_embeds(PROMPTS)})
+        assert cos_rows(logits["logits"], out.logits.numpy()).min() >= min_cos
+        # sam2_image: the image embedding and the two high-resolution maps
+        got = segmenter.image_features([image])
+        ref = sam_embeddings(preprocess_sam2([image], segmenter.preprocessing))
+        for name, r in zip(("high_res_feat0", "high_res_feat1", "image_embed"), ref):
+            assert cos_rows(got[name], r).min() >= min_cos, name

@@ -1,0 +1,543 @@
+"""Numerics and speed of the FP16 / INT8 graphs on CPU: parity tables, conversion times, latency.
+
+    python -m tools.measure_precision checkpoints OUT [--seed N]
+        writes full-size random-weight OWLv2-B/16 (960 px) and SAM2.1-hiera-small checkpoints
+        (Hugging Face format, the tiny checkpoints' real CLIP BPE tokenizer) to OUT/owlv2, OUT/sam2
+    python -m tools.measure_precision parity --engines DIR --owl-model DIR --sam-model DIR
+                                             [--images N] [--json FILE]
+        task-level parity of every precision in DIR against the FP32 PyTorch pipeline
+        (transformers' Owlv2ForObjectDetection / Sam2Model with their processors): detections
+        matched by IoU, top-5 labels, masks IoU, and per-graph output cosine vs PyTorch
+    python -m tools.measure_precision latency --engines DIR [--runs 3] [--threads 2] [--json FILE]
+        ONNX Runtime CPU latency of each graph at every precision in DIR (median of --runs)
+
+Random weights: every parameter is re-drawn with ``tools.tiny_checkpoints.reinitialise`` (PyTorch's
+default initialisers scaled to keep activations of order 1, plus OWLv2's class-head biases and
+SAM2's object-score bias), because Hugging Face's std-0.02 init gives SAM2 masks of ~1e-4 against
+which any comparison passes. A random ViT has no outlier channels and flat attention, which is not
+what a trained one looks like: these numbers say whether the graphs are sound at full size, not
+what a trained model's INT8 accuracy will be. Measurements only: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# OWLv2-B/16 (google/owlv2-base-patch16-ensemble): CLIP B/16 towers, 960 px, 16-token queries.
+OWL_BASE = dict(
+    text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+              max_position_embeddings=16),
+    vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                image_size=960, patch_size=16),
+    projection_dim=512,
+)
+
+
+def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print) -> tuple[Path, Path]:
+    """Full-size random-weight OWLv2 and SAM2 checkpoints under ``out`` (owlv2/, sam2/)."""
+    import torch
+    from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor,
+                              Sam2ImageProcessor, Sam2Model, Sam2Processor)
+
+    from tools.measure_fullsize import sam2_config
+    from tools.tiny_checkpoints import (OWL_LOGIT_SCALE_BIAS, OWL_LOGIT_SHIFT_BIAS, SAM_OBJECT_SCORE_BIAS,
+                                        build_tokenizer, reinitialise)
+
+    out = Path(out)
+    tokenizer = build_tokenizer()
+    text = dict(OWL_BASE["text"], vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Owlv2Config(text_config=text, vision_config=OWL_BASE["vision"], projection_dim=OWL_BASE["projection_dim"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        owl = Owlv2ForObjectDetection(config).eval()
+    reinitialise(owl, seed)
+    with torch.no_grad():
+        owl.class_head.logit_shift.bias.fill_(OWL_LOGIT_SHIFT_BIAS)
+        owl.class_head.logit_scale.bias.fill_(OWL_LOGIT_SCALE_BIAS)
+    size = OWL_BASE["vision"]["image_size"]
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": size, "width": size}),
+                               tokenizer=tokenizer)
+    log(f"writing {out / 'owlv2'} ({sum(p.numel() for p in owl.parameters()) / 1e6:.0f} M parameters)")
+    owl.save_pretrained(out / "owlv2")
+    processor.save_pretrained(out / "owlv2")
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = Sam2Model(sam2_config("hiera-small")).eval()
+    reinitialise(sam, seed)
+    with torch.no_grad():
+        sam.prompt_encoder.shared_embedding.positional_embedding.copy_(sam.shared_image_embedding.positional_embedding)
+        sam.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(SAM_OBJECT_SCORE_BIAS)
+    log(f"writing {out / 'sam2'} ({sum(p.numel() for p in sam.parameters()) / 1e6:.0f} M parameters)")
+    sam.save_pretrained(out / "sam2")
+    Sam2Processor(image_processor=Sam2ImageProcessor(), target_size=1024).save_pretrained(out / "sam2")
+    return out / "owlv2", out / "sam2"
+
+
+def write_synthetic_images(out: Path, count: int, seed: int = 0) -> Path:
+    """``count`` synthetic photos-like images (smooth colour fields with a few bright discs and boxes,
+    sizes from 240x320 to 1080x1920, JPEG and PNG) under ``out``: a calibration or test set."""
+    import numpy as np
+    from PIL import Image
+
+    sizes = [(480, 640), (640, 480), (720, 1280), (1080, 1920), (333, 500), (500, 333), (240, 320), (600, 600)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        h, w = sizes[i % len(sizes)]
+        img = synthetic_image(h, w, seed + i)
+        Image.fromarray(img).save(out / f"synthetic_{i:03d}.{'jpg' if i % 2 else 'png'}", quality=92)
+    return out
+
+
+def synthetic_image(h: int, w: int, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    for c in range(3):
+        fy, fx, ph = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 6.28)
+        img[..., c] = 0.5 + 0.3 * np.sin(fy * yy / h * 6.28 + ph) * np.cos(fx * xx / w * 6.28)
+    for _ in range(6):
+        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+        r = rng.uniform(0.05, 0.25) * min(h, w)
+        shape = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2) if rng.uniform() < 0.5 else (
+            (np.abs(yy - cy) < r) & (np.abs(xx - cx) < 1.5 * r))
+        img[shape] = rng.uniform(0, 1, 3)
+    img += rng.normal(0, 0.02, img.shape).astype(np.float32)
+    return np.clip(img * 255, 0, 255).astype(np.uint8)
+
+
+# --- precisions: the export step on an existing FP32 artifact ------------------------------------
+def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
+    """Copy the FP32 artifact ``--engines`` to ``--out`` and add FP16/INT8 graphs as export.build
+    would (``--int8-all``: every graph INT8, none kept in FP16, to measure what INT8 does to each)."""
+    import shutil
+
+    from calibration.images import read_calibration_images
+    from calibration.inputs import CalibrationInputs
+    from export.artifact import file_record, write_json
+    from export.build import PROMPT_TEMPLATE
+    from export.models import load_owl, load_sam
+    from export.owl import owl_graph_exports, owl_sizes
+    from export.precision import format_precision_table, write_precisions
+    from export.sam2 import sam2_graph_exports, sam2_sizes
+    from runtime.manifest import MANIFEST_NAME, PARITY_NAME, load_manifest
+    from runtime.preprocessing import OwlPreprocessing, Sam2Preprocessing
+
+    src, out = Path(args.engines), Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for f in src.iterdir():  # copies: ONNX refuses external data with several hard links
+        if f.is_dir():
+            shutil.copytree(f, out / f.name)
+        else:
+            shutil.copyfile(f, out / f.name)
+    data = load_manifest(out).data
+    owl, sam = load_owl(args.owl_model), load_sam(args.sam_model)
+    sizes = {**owl_sizes(owl), **sam2_sizes(sam)}
+    graphs = [g for g in owl_graph_exports(owl, sizes) + sam2_graph_exports(sam, sizes) if g.spec.name in data["graphs"]]
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    images = read_calibration_images(args.calib_dir, args.calib_count)
+    pre_owl = OwlPreprocessing.from_dict(data["preprocessing"]["owl"])
+    pre_sam = Sam2Preprocessing.from_dict(data["preprocessing"]["sam"])
+    inputs = CalibrationInputs(out, images, pre_owl, pre_sam, sizes["owl_text_length"], prompt_template=PROMPT_TEMPLATE)
+    outcome = write_precisions(out, graphs, ["fp16", "int8"], file_record=file_record, inputs=inputs,
+                               previous=args.reuse_calibration or src,
+                               method=args.calib_method, keep_fp16={} if args.int8_all else None, say=say)
+    total = time.perf_counter() - t0
+    for name, entries in outcome.entries.items():
+        data["graphs"][name]["files"].update(entries)
+    data["calibration"] = outcome.calibration
+    write_json(out / MANIFEST_NAME, data)
+    parity = json.loads((out / PARITY_NAME).read_text())
+    for p in ("fp16", "int8"):
+        parity[p] = {"rows": [r.__dict__ for r in outcome.rows if r.precision == p]}
+    write_json(out / PARITY_NAME, parity)
+    print(format_precision_table(outcome.rows))
+    timings = {name: {p: {k: e.get(k) for k in ("seconds", "calibration_seconds", "calibration_method",
+                                                 "calibration_fallback", "activation_quantizers", "kept_higher_precision")
+                          if e.get(k) is not None}
+                      for p, e in entries.items()} for name, entries in outcome.entries.items()}
+    result = {"total_s": total, "timings": timings}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+# --- FP32 value ranges at the ops an FP16 graph could keep in FP32 -------------------------------
+RANGE_OPS = ("LayerNormalization", "Softmax", "ReduceSum", "ReduceMean", "ReduceL2", "MatMul", "Conv", "Add")
+FP16_MAX = 65504.0
+
+
+def value_ranges(args: argparse.Namespace) -> dict[str, Any]:
+    """Run each FP32 graph on realistic inputs with the inputs/outputs of ``RANGE_OPS`` nodes as extra
+    outputs (a few at a time), and report per op type: the largest |input| and |output|; for
+    LayerNormalization the largest sum over a row of (x - mean)^2 (what an FP16 variance accumulates);
+    for Softmax the largest |input| (exp overflows FP16 above 11.1 unless the max is subtracted).
+    Values above 65504 are infinite in FP16."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from calibration.images import read_calibration_images
+    from calibration.inputs import CalibrationInputs
+    from runtime.manifest import load_manifest
+    from runtime.preprocessing import OwlPreprocessing, Sam2Preprocessing
+
+    manifest = load_manifest(args.engines)
+    images = read_calibration_images(args.calib_dir, 2, min_images=1, progress=False)
+    inputs = CalibrationInputs(manifest.root, images, OwlPreprocessing.from_dict(manifest.preprocessing("owl")),
+                               Sam2Preprocessing.from_dict(manifest.preprocessing("sam")),
+                               manifest.sizes["owl_text_length"], progress=False)
+    report: dict[str, Any] = {}
+    for name in args.graphs or list(manifest.graphs):
+        path = manifest.graph_path(name, "fp32")
+        model = onnx.load(str(path), load_external_data=False)
+        inits = {t.name for t in model.graph.initializer}
+        watch: list[tuple[str, str, str]] = []  # (op type, role, tensor)
+        for node in model.graph.node:
+            if node.op_type in RANGE_OPS:
+                watch += [(node.op_type, "in", t) for t in node.input[:1] if t and t not in inits]
+                watch += [(node.op_type, "out", node.output[0])]
+        feeds = inputs.feeds(name, limit=1)[0]
+        stats: dict[str, dict[str, float]] = {}
+        tensors = sorted({t for _, _, t in watch})
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = args.threads
+        values: dict[str, dict[str, float]] = {}
+        for start in range(0, len(tensors), args.chunk):
+            chunk = tensors[start:start + args.chunk]
+            m = onnx.load(str(path))
+            known = {o.name for o in m.graph.output}
+            for t in chunk:
+                if t not in known:
+                    m.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+            sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            outs = sess.run(chunk, feeds)
+            for t, v in zip(chunk, outs):
+                v = np.asarray(v)
+                if v.dtype.kind != "f" or v.size == 0:
+                    continue
+                a = v.astype(np.float64)
+                rec = {"max_abs": float(np.abs(a).max())}
+                if a.ndim >= 1 and a.shape[-1] > 1:
+                    rec["max_row_sq_dev"] = float(((a - a.mean(-1, keepdims=True)) ** 2).sum(-1).max())
+                values[t] = rec
+            del outs, sess, m
+        for op, role, t in watch:
+            if t not in values:
+                continue
+            s = stats.setdefault(f"{op} {role}", {"max_abs": 0.0, "tensors": 0, "above_fp16_max": 0})
+            s["max_abs"] = max(s["max_abs"], values[t]["max_abs"])
+            s["tensors"] += 1
+            s["above_fp16_max"] += values[t]["max_abs"] > FP16_MAX
+            if op == "LayerNormalization" and role == "in":
+                s["max_row_sq_dev"] = max(s.get("max_row_sq_dev", 0.0), values[t].get("max_row_sq_dev", 0.0))
+        report[name] = stats
+        print(f"{name}: " + "; ".join(f"{k} max|x| {v['max_abs']:.3g}" + (f" row sum (x-mean)^2 {v['max_row_sq_dev']:.3g}"
+                                                                          if "max_row_sq_dev" in v else "")
+                                      for k, v in stats.items()), file=sys.stderr, flush=True)
+    inputs.close()
+    lines = ["| graph | op (tensor) | tensors | max abs | LN: max row sum (x-mean)^2 | > 65504 |", "|---|---|---|---|---|---|"]
+    for g, st in report.items():
+        for k, v in st.items():
+            lines.append(f"| {g} | {k} | {v['tensors']} | {v['max_abs']:.3g} | "
+                         f"{v['max_row_sq_dev']:.3g} | " if "max_row_sq_dev" in v else
+                         f"| {g} | {k} | {v['tensors']} | {v['max_abs']:.3g} | - | ")
+            lines[-1] += f"{v['above_fp16_max']} |"
+    print("\n".join(lines))
+    return report
+
+
+# --- task-level parity against transformers --------------------------------------------------
+PROMPTS = ["cat", "dog", "person", "red car", "bird"]
+
+
+def box_iou(a, b):
+    import numpy as np
+
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+def mask_iou(a, b):
+    import numpy as np
+
+    inter = (a & b).reshape(len(a), -1).sum(1)
+    union = (a | b).reshape(len(a), -1).sum(1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def compare_detections(ref, got, top_k: int = 5) -> dict[str, Any]:
+    """``ref``/``got``: (boxes, scores, labels). Every reference detection matched to the
+    same-label detection of ``got`` with the highest box IoU; top-k: labels of the k best reference
+    detections against those of their best-IoU counterparts."""
+    import numpy as np
+
+    rb, rs, rl = ref
+    gb, gs, gl = got
+    out: dict[str, Any] = {"ref": int(len(rb)), "got": int(len(gb))}
+    if len(rb) == 0 or len(gb) == 0:
+        out.update(min_iou=1.0 if len(rb) == len(gb) else 0.0, matched_095=float(len(rb) == len(gb)),
+                   topk_agree=1.0 if len(rb) == len(gb) else 0.0)
+        return out
+    iou = box_iou(rb, gb)
+    same = np.where(rl[:, None] == gl[None, :], iou, 0.0)
+    best = same.max(axis=1)
+    out["min_iou"] = float(best.min())
+    out["matched_095"] = float((best >= 0.95).mean())
+    top = np.argsort(-rs, kind="stable")[:top_k]
+    partner = iou[top].argmax(axis=1)
+    out["topk_agree"] = float(np.mean([gl[p] == rl[t] and iou[t, p] >= 0.5 for t, p in zip(top, partner)]))
+    return out
+
+
+def task_parity(args: argparse.Namespace) -> dict[str, Any]:
+    """Detections and masks of each precision of ``--engines`` against the transformers pipeline."""
+    import numpy as np
+    import torch
+    from transformers import Owlv2ForObjectDetection, Owlv2Processor, Sam2Model, Sam2Processor
+
+    from runtime.backends import onnxruntime_opener
+    from runtime.graphs import PRECISION_ACCEPTANCE
+    from runtime.manifest import load_manifest
+    from runtime.owl import OwlDetector
+    from runtime.sam2 import Sam2Segmenter
+
+    torch.set_num_threads(args.threads)
+    manifest = load_manifest(args.engines)
+    precisions = [p for p in ("fp32", "fp16", "int8") if all(p in g["files"] for g in manifest.graphs.values())]
+    owl_model = Owlv2ForObjectDetection.from_pretrained(args.owl_model).eval()
+    owl_proc = Owlv2Processor.from_pretrained(args.owl_model)
+    sam_model = Sam2Model.from_pretrained(args.sam_model).eval()
+    sam_proc = Sam2Processor.from_pretrained(args.sam_model)
+    texts = [f"a photo of a {p}" for p in PROMPTS]
+    sizes = [(480, 640), (720, 1280), (640, 480), (500, 500)]
+    images = [synthetic_image(*sizes[i % len(sizes)], seed=1000 + i) for i in range(args.images)]
+    rng = np.random.default_rng(0)
+    boxes = []
+    for img in images:
+        h, w = img.shape[:2]
+        x0, y0 = rng.uniform(0, 0.6 * w, args.boxes), rng.uniform(0, 0.6 * h, args.boxes)
+        bw, bh = rng.uniform(0.1, 0.4, args.boxes) * w + 8, rng.uniform(0.1, 0.4, args.boxes) * h + 8
+        boxes.append(np.stack([x0, y0, np.minimum(x0 + bw, w), np.minimum(y0 + bh, h)], 1).astype(np.float32))
+    refs = []
+    for img, bx in zip(images, boxes):
+        inputs = owl_proc(text=[texts], images=img, return_tensors="pt")
+        with torch.inference_mode():
+            out = owl_model(**inputs)
+        (r,) = owl_proc.post_process_grounded_object_detection(out, threshold=args.threshold, target_sizes=[img.shape[:2]])
+        det = (r["boxes"].numpy(), r["scores"].numpy(), r["labels"].numpy())
+        inputs = sam_proc(images=img, input_boxes=[bx.tolist()], return_tensors="pt")
+        with torch.inference_mode():
+            out = sam_model(**inputs, multimask_output=False)
+            multi = sam_model(**inputs, multimask_output=True)
+        masks = sam_proc.post_process_masks(out.pred_masks, inputs["original_sizes"])[0].numpy()[:, 0]
+        best = multi.iou_scores[0].argmax(-1).numpy()
+        multi_masks = sam_proc.post_process_masks(multi.pred_masks, inputs["original_sizes"])[0].numpy()
+        refs.append((det, (masks, multi_masks[np.arange(len(bx)), best])))
+    results: dict[str, Any] = {}
+    runs = [(p, p, None) for p in precisions]
+    if args.int8_keep_fp16 and "int8" in precisions:  # INT8 as export.build writes it by default
+        runs.append(("int8 (text, head, decoders FP16)", "int8", set(args.int8_keep_fp16)))
+    for label, p, keep in runs:
+        opener = onnxruntime_opener(manifest, precision=p, intra_op_threads=args.threads)
+        if keep:
+            int8_open, fp16_open = opener, onnxruntime_opener(manifest, precision="fp16", intra_op_threads=args.threads)
+            opener = lambda spec, a=int8_open, b=fp16_open, k=keep: (b if spec.name in k else a)(spec)  # noqa: E731
+        owl, seg = OwlDetector.from_manifest(manifest, opener), Sam2Segmenter.from_manifest(manifest, opener)
+        seg_multi = Sam2Segmenter.from_manifest(manifest, opener, multimask=True)
+        dets, ious, multi_ious = [], [], []
+        for img, bx, (ref_det, (ref_masks, ref_multi)) in zip(images, boxes, refs):
+            (d,) = owl.detect([img], texts, threshold=args.threshold)
+            dets.append(compare_detections(ref_det, (d.boxes, d.scores, d.labels)))
+            feats = seg.image_features([img])
+            ious.append(mask_iou(seg.segment_features(feats, 0, img.shape[:2], bx).masks, ref_masks))
+            multi_ious.append(mask_iou(seg_multi.segment_features(feats, 0, img.shape[:2], bx).masks, ref_multi))
+        iou, multi_iou = np.concatenate(ious), np.concatenate(multi_ious)
+        results[label] = {
+            "detections_ref": sum(d["ref"] for d in dets), "detections_got": sum(d["got"] for d in dets),
+            "det_min_iou": min(d["min_iou"] for d in dets), "det_matched_095": float(np.mean([d["matched_095"] for d in dets])),
+            "top5_agree": float(np.mean([d["topk_agree"] for d in dets])),
+            "mask_min_iou": float(iou.min()), "mask_mean_iou": float(iou.mean()), "masks": int(len(iou)),
+            "multimask_min_iou": float(multi_iou.min()), "multimask_mean_iou": float(multi_iou.mean()),
+        }
+        acc = PRECISION_ACCEPTANCE.get(p)
+        if acc is not None:
+            results[label]["acceptance"] = acc.__dict__
+    lines = ["| precision | detections ref/got | det. min IoU (same label) | matched IoU>=0.95 | top-5 labels agree "
+             "| masks | mask min / mean IoU (single-mask decoder) | min / mean IoU (multimask decoder) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p, r in results.items():
+        lines.append(f"| {p} | {r['detections_ref']}/{r['detections_got']} | {r['det_min_iou']:.4f} | "
+                     f"{r['det_matched_095']:.1%} | {r['top5_agree']:.1%} | {r['masks']} | {r['mask_min_iou']:.4f} / "
+                     f"{r['mask_mean_iou']:.4f} | {r['multimask_min_iou']:.4f} / {r['multimask_mean_iou']:.4f} |")
+    print("\n".join(lines))
+    print(graph_table(Path(args.engines)))
+    return results
+
+
+def graph_table(root: Path) -> str:
+    """Worst cosine and max-abs per graph, output and precision, from the artifact's parity.json."""
+    from runtime.manifest import PARITY_NAME
+
+    parity = json.loads((root / PARITY_NAME).read_text())
+    lines = ["| graph | output | fp16 cosine (min) | fp16 max-abs | int8 cosine (min) | int8 max-abs |", "|---|---|---|---|---|---|"]
+    cells: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    for p in ("fp16", "int8"):
+        for r in parity.get(p, {}).get("rows", []):
+            k = (r["graph"], r["output"])
+            c, m = cells.setdefault(k, {}).get(p, (2.0, 0.0))
+            cells[k][p] = (min(c, r["cosine"]), max(m, r["max_abs"]))
+    for (g, o), v in cells.items():
+        f16, i8 = v.get("fp16"), v.get("int8")
+        lines.append(f"| {g} | {o} | " + (f"{f16[0]:.6f} | {f16[1]:.3g}" if f16 else "- | -") + " | "
+                     + (f"{i8[0]:.6f} | {i8[1]:.3g}" if i8 else "- | -") + " |")
+    return "\n".join(lines)
+
+
+# --- latency ---------------------------------------------------------------------------------
+def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """ONNX Runtime CPU latency of every graph at every precision of ``--engines`` (INT8 twice: with
+    ONNX Runtime's Q/DQ fusion into int8 kernels, the CPU speed, and without, the parity mode)."""
+    from calibration.images import read_calibration_images
+    from calibration.inputs import CalibrationInputs
+    from runtime.backends.onnxruntime import OrtGraph
+    from runtime.graphs import GRAPHS
+    from runtime.manifest import load_manifest
+    from runtime.preprocessing import OwlPreprocessing, Sam2Preprocessing
+
+    manifest = load_manifest(args.engines)
+    images = read_calibration_images(args.calib_dir, 1, min_images=1, progress=False)
+    inputs = CalibrationInputs(manifest.root, images, OwlPreprocessing.from_dict(manifest.preprocessing("owl")),
+                               Sam2Preprocessing.from_dict(manifest.preprocessing("sam")),
+                               manifest.sizes["owl_text_length"], progress=False)
+    rows = []
+    for name in args.graphs or list(manifest.graphs):
+        spec = GRAPHS[name]
+        feeds = inputs.feeds(name, limit=1)[0]
+        files = manifest.graphs[name]["files"]
+        variants = {"fp32": (files["fp32"], False)}
+        if "fp16" in files:
+            variants["fp16"] = (files["fp16"], False)
+        if "int8" in files and files["int8"].get("precision", "int8") == "int8":
+            variants["int8 (Q/DQ fused)"] = (files["int8"], False)
+            variants["int8 (fusion off)"] = (files["int8"], True)
+        sessions = {k: OrtGraph(manifest.root / e["files"][0]["path"], spec, intra_op_threads=args.threads,
+                                disable_qdq_fusion=off) for k, (e, off) in variants.items()}
+        ms = _median_ms({k: (lambda s=s: s.run(feeds)) for k, s in sessions.items()}, args.runs)
+        dims = {d: int(feeds[t.name].shape[a]) for t in spec.inputs for a, d in t.dynamic_axes.items()}
+        rows.append({"graph": name, "dims": dims, "ms": ms})
+        print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()), file=sys.stderr, flush=True)
+    inputs.close()
+    keys = ["fp32", "fp16", "int8 (Q/DQ fused)", "int8 (fusion off)"]
+    lines = ["| graph | dims | " + " | ".join(f"{k} (ms)" for k in keys) + " | fp32/int8 fused |",
+             "|---|---|" + "---|" * (len(keys) + 1)]
+    for r in rows:
+        cells = [f"{r['ms'][k]:.1f}" if k in r["ms"] else "-" for k in keys]
+        ratio = f"{r['ms']['fp32'] / r['ms']['int8 (Q/DQ fused)']:.2f}" if "int8 (Q/DQ fused)" in r["ms"] else "-"
+        dims = ", ".join(f"{k}={v}" for k, v in r["dims"].items()) or "-"
+        lines.append(f"| {r['graph']} | {dims} | " + " | ".join(cells) + f" | {ratio} |")
+    lines.append("")
+    lines.append(f"Median of {args.runs} runs after one warm-up, variants alternating, {args.threads} intra-op threads, "
+                 f"CPU ({os.cpu_count()} cores, 1-min load average {os.getloadavg()[0]:.1f}).")
+    print("\n".join(lines))
+    return rows
+
+
+def _median_ms(fns: dict[str, Any], runs: int) -> dict[str, float]:
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1000.0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.measure_precision", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("checkpoints", help="write full-size random-weight checkpoints")
+    c.add_argument("out", type=Path)
+    c.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("images", help="write synthetic calibration/test images")
+    c.add_argument("out", type=Path)
+    c.add_argument("--count", type=int, default=16)
+    c.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("precisions", help="add FP16 and INT8 graphs to a copy of an FP32 artifact")
+    c.add_argument("--engines", required=True, type=Path, help="an FP32 engines directory")
+    c.add_argument("--owl-model", required=True)
+    c.add_argument("--sam-model", required=True)
+    c.add_argument("--calib-dir", required=True, type=Path)
+    c.add_argument("--calib-count", type=int, default=16)
+    c.add_argument("--calib-method", choices=("entropy", "max"), default="entropy")
+    c.add_argument("--int8-all", action="store_true", help="quantize every graph (none kept in FP16)")
+    c.add_argument("--reuse-calibration", type=Path, help="an artifact whose calibration/ cache may be reused")
+    c.add_argument("--out", required=True, type=Path)
+    c = sub.add_parser("parity", help="task-level parity of every precision against transformers")
+    c.add_argument("--engines", required=True, type=Path)
+    c.add_argument("--owl-model", required=True)
+    c.add_argument("--sam-model", required=True)
+    c.add_argument("--images", type=int, default=4)
+    c.add_argument("--boxes", type=int, default=6)
+    c.add_argument("--threshold", type=float, default=0.1)
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--int8-keep-fp16", nargs="*", default=["owl_text", "owl_head", "sam2_decoder", "sam2_decoder_multimask"],
+                   help="also measure INT8 with these graphs at FP16 (export.build's default)")
+    c = sub.add_parser("latency", help="ONNX Runtime CPU latency per graph and precision")
+    c.add_argument("--engines", required=True, type=Path)
+    c.add_argument("--calib-dir", required=True, type=Path, help="images to make realistic inputs from")
+    c.add_argument("--graphs", nargs="+")
+    c.add_argument("--runs", type=int, default=3)
+    c.add_argument("--threads", type=int, default=2)
+    c = sub.add_parser("ranges", help="FP32 value ranges at LayerNorm/Softmax/reductions/... (FP16 headroom)")
+    c.add_argument("--engines", required=True, type=Path)
+    c.add_argument("--calib-dir", required=True, type=Path, help="images to make realistic inputs from")
+    c.add_argument("--graphs", nargs="+")
+    c.add_argument("--chunk", type=int, default=6, help="extra outputs per run (memory)")
+    c.add_argument("--threads", type=int, default=2)
+    for c in sub.choices.values():
+        c.add_argument("--json", type=Path, help="also write the result as JSON here")
+    args = p.parse_args(argv)
+    result: Any = None
+    if args.command == "checkpoints":
+        write_fullsize_checkpoints(args.out, args.seed)
+    elif args.command == "images":
+        write_synthetic_images(args.out, args.count, args.seed)
+    elif args.command == "precisions":
+        result = write_precision_artifact(args)
+    elif args.command == "parity":
+        result = task_parity(args)
+    elif args.command == "ranges":
+        result = value_ranges(args)
+    elif args.command == "latency":
+        result = latency(args)
+    if result is not None and args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    from runtime.errors import run_cli
+
+    run_cli(main)
