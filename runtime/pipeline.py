@@ -42,6 +42,7 @@ from runtime.errors import ArtifactError, UserError
 from runtime.graphs import BATCH, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
 from runtime.images import load_image
 from runtime.manifest import PRECISIONS, Manifest, load_manifest
+from runtime.metrics import box_iou
 from runtime.owl import OwlDetector
 from runtime.sam2 import Sam2Segmenter
 
@@ -233,17 +234,6 @@ def choose_backend(manifest: Manifest, backend: str = "auto", precision: str = "
 
 # ----------------------------------------------------------------------------------------------
 # Post-processing options.
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes: ``[len(a), len(b)]``."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float, per_label: bool = True) -> np.ndarray:

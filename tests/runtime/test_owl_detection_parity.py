@@ -9,6 +9,7 @@ import torch
 from runtime.backends import onnxruntime_opener
 from runtime.manifest import load_manifest
 from runtime.owl import OwlDetector
+from runtime.metrics import box_iou
 
 PROMPTS_5 = ["a photo of a cat", "a photo of a dog", "a photo of a person", "a photo of a red car", "a photo of a bird"]
 THRESHOLD = 0.1
@@ -37,14 +38,6 @@ def reference(tiny_checkpoints):
 def detector(tiny_artifact):
     manifest = load_manifest(tiny_artifact)
     return OwlDetector.from_manifest(manifest, onnxruntime_opener(manifest))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
 @pytest.mark.parametrize("hw", [(64, 64), (480, 640), (640, 480), (333, 97)])

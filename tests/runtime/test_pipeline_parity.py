@@ -13,6 +13,7 @@ import torch
 
 from runtime import Pipeline, Result
 from runtime.manifest import load_manifest
+from runtime.metrics import box_iou, mask_iou
 
 PROMPTS = ["cat", "dog", "person", "red car"]
 THRESHOLD = 0.1
@@ -51,20 +52,6 @@ def reference(tiny_checkpoints):
 def pipe(tiny_artifact):
     with Pipeline.load(tiny_artifact, backend="onnxruntime", precision="fp32") as p:
         yield p
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    inter = (a & b).reshape(len(a), -1).sum(1)
-    union = (a | b).reshape(len(a), -1).sum(1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def assert_matches_reference(got: Result, ref) -> None:

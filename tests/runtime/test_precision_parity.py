@@ -20,6 +20,7 @@ from runtime.manifest import load_manifest
 from runtime.owl import OwlDetector
 from runtime.preprocessing import preprocess_owl, preprocess_sam2
 from runtime.sam2 import Sam2Segmenter
+from runtime.metrics import box_iou, mask_iou
 
 PROMPTS = ["a photo of a cat", "a photo of a dog", "a photo of a person", "a photo of a red car", "a photo of a bird"]
 THRESHOLD = 0.1
@@ -99,20 +100,6 @@ def sam_reference(tiny_checkpoints):
             return [e.numpy() for e in model.get_image_embeddings(torch.from_numpy(pixel_values))]
 
     return masks, embeddings
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    inter = (a & b).reshape(len(a), -1).sum(1)
-    union = (a | b).reshape(len(a), -1).sum(1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

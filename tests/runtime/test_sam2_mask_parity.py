@@ -10,6 +10,7 @@ from runtime.backends import onnxruntime_opener
 from runtime.errors import UserError
 from runtime.manifest import load_manifest
 from runtime.sam2 import Sam2Segmenter
+from runtime.metrics import mask_iou
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +48,6 @@ def random_boxes(n: int, h: int, w: int, seed: int) -> np.ndarray:
     x0, y0 = rng.uniform(0, 0.7 * w, n), rng.uniform(0, 0.7 * h, n)
     bw, bh = rng.uniform(0.1, 0.3, n) * w + 4, rng.uniform(0.1, 0.3, n) * h + 4
     return np.stack([x0, y0, np.minimum(x0 + bw, w), np.minimum(y0 + bh, h)], 1).astype(np.float32)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    inter = (a & b).reshape(len(a), -1).sum(1)
-    union = (a | b).reshape(len(a), -1).sum(1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def assert_masks_match(got: np.ndarray, ref: np.ndarray, min_iou: float = 0.99) -> None:
