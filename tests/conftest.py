@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tools.synthetic import synthetic_image
+
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
@@ -63,22 +65,6 @@ def tiny_precision_artifact(tiny_checkpoints, calibration_dir, tmp_path_factory)
           "--out", str(out), "--fp32", "--fp16", "--int8", "--calib-dir", str(calibration_dir),
           "--calib-count", "6", "--engines", "skip"])
     return out
-
-
-def synthetic_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A smooth RGB image with a few bright shapes: content that resizes like a photo does."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.empty((h, w, 3), np.float32)
-    for c in range(3):
-        fy, fx, ph = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 6.28)
-        img[..., c] = 0.5 + 0.3 * np.sin(fy * yy / h * 6.28 + ph) * np.cos(fx * xx / w * 6.28)
-    for _ in range(4):
-        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
-        r = rng.uniform(0.05, 0.25) * min(h, w)
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
-        img[disk] = rng.uniform(0, 1, 3)
-    return np.clip(img * 255, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="session")

@@ -124,7 +124,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _median_ms(fns: dict[str, Any], runs: int) -> dict[str, float]:
+def median_ms(fns: dict[str, Any], runs: int) -> dict[str, float]:
     """Median wall time of each function in ms. The functions take turns, run by run, so that a
     machine whose load changes during the measurement slows them alike."""
     for fn in fns.values():
@@ -187,7 +187,7 @@ def measure_graph(args: argparse.Namespace) -> dict[str, Any]:
     for n in (counts[varied[0]] if varied else [None]):
         dims = {d: 1 for d in spec.dynamic_dims} | ({varied[0]: n} if varied else {})
         feeds = graph.make_inputs(dims, np.random.default_rng(1))
-        ms = _median_ms({"eager": lambda: graph.torch_outputs(feeds), "ort": lambda: session.run(feeds)}, args.runs)
+        ms = median_ms({"eager": lambda: graph.torch_outputs(feeds), "ort": lambda: session.run(feeds)}, args.runs)
         result["latency"].append({"dims": dims, "eager_ms": ms["eager"], "ort_ms": ms["ort"]})
     result["load_average"] = os.getloadavg()[0]
     result["rss_total_mb"] = _rss_mb()

@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tools.measure_fullsize import median_ms
+from tools.synthetic import synthetic_image
+
 # OWLv2-B/16 (google/owlv2-base-patch16-ensemble): CLIP B/16 towers, 960 px, 16-token queries.
 OWL_BASE = dict(
     text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
@@ -95,28 +98,9 @@ def write_synthetic_images(out: Path, count: int, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         h, w = sizes[i % len(sizes)]
-        img = synthetic_image(h, w, seed + i)
+        img = synthetic_image(h, w, seed + i, num_shapes=6, rectangles=True, noise=0.02)
         Image.fromarray(img).save(out / f"synthetic_{i:03d}.{'jpg' if i % 2 else 'png'}", quality=92)
     return out
-
-
-def synthetic_image(h: int, w: int, seed: int):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.empty((h, w, 3), np.float32)
-    for c in range(3):
-        fy, fx, ph = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 6.28)
-        img[..., c] = 0.5 + 0.3 * np.sin(fy * yy / h * 6.28 + ph) * np.cos(fx * xx / w * 6.28)
-    for _ in range(6):
-        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
-        r = rng.uniform(0.05, 0.25) * min(h, w)
-        shape = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2) if rng.uniform() < 0.5 else (
-            (np.abs(yy - cy) < r) & (np.abs(xx - cx) < 1.5 * r))
-        img[shape] = rng.uniform(0, 1, 3)
-    img += rng.normal(0, 0.02, img.shape).astype(np.float32)
-    return np.clip(img * 255, 0, 255).astype(np.uint8)
 
 
 # --- precisions: the export step on an existing FP32 artifact ------------------------------------
@@ -330,7 +314,8 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
     sam_proc = Sam2Processor.from_pretrained(args.sam_model)
     texts = [f"a photo of a {p}" for p in PROMPTS]
     sizes = [(480, 640), (720, 1280), (640, 480), (500, 500)]
-    images = [synthetic_image(*sizes[i % len(sizes)], seed=1000 + i) for i in range(args.images)]
+    images = [synthetic_image(*sizes[i % len(sizes)], seed=1000 + i, num_shapes=6, rectangles=True, noise=0.02)
+              for i in range(args.images)]
     rng = np.random.default_rng(0)
     boxes = []
     for img in images:
@@ -442,7 +427,7 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
             variants["int8 (fusion off)"] = (files["int8"], True)
         sessions = {k: OrtGraph(manifest.root / e["files"][0]["path"], spec, intra_op_threads=args.threads,
                                 disable_qdq_fusion=off) for k, (e, off) in variants.items()}
-        ms = _median_ms({k: (lambda s=s: s.run(feeds)) for k, s in sessions.items()}, args.runs)
+        ms = median_ms({k: (lambda s=s: s.run(feeds)) for k, s in sessions.items()}, args.runs)
         dims = {d: int(feeds[t.name].shape[a]) for t in spec.inputs for a, d in t.dynamic_axes.items()}
         rows.append({"graph": name, "dims": dims, "ms": ms})
         print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()), file=sys.stderr, flush=True)
@@ -460,18 +445,6 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
                  f"CPU ({os.cpu_count()} cores, 1-min load average {os.getloadavg()[0]:.1f}).")
     print("\n".join(lines))
     return rows
-
-
-def _median_ms(fns: dict[str, Any], runs: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1000.0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

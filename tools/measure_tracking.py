@@ -97,7 +97,7 @@ def fill_banks(tracker, t: int) -> None:
 def speed(args: argparse.Namespace) -> int:
     from runtime.graphs import SAM2_MEMORY_ATTENTION
     from runtime.tracker import Sam2Tracker
-    from tools.synthetic_video import MovingShapes
+    from tools.synthetic import MovingShapes
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     h, w = args.size
@@ -154,7 +154,7 @@ def rss(args: argparse.Namespace) -> int:
     from runtime.manifest import load_manifest
     from runtime.owl import OwlDetector
     from runtime.tracker import Sam2Tracker, track
-    from tools.synthetic_video import MovingShapes
+    from tools.synthetic import MovingShapes
 
     if args.engines is None:
         raise UserError("rss needs --engines DIR (an artifact exported with python -m export.build --video)")

@@ -1,6 +1,7 @@
-"""A generated video of moving shapes, made one frame at a time (for tests and measurements).
+"""Generated images and videos for tests, calibration and measurements (no downloaded data).
 
-    from tools.synthetic_video import MovingShapes
+    from tools.synthetic import MovingShapes, synthetic_image
+    image = synthetic_image(480, 640, seed=0)   # HxWx3 uint8: smooth background, a few bright shapes
     video = MovingShapes(num_frames=30, height=96, width=128, num_shapes=3, seed=0)
     for frame in video: ...            # HxWx3 uint8 RGB, generated on demand
     video.boxes(0)                     # (num_shapes, 4) float32 xyxy of each shape on frame 0
@@ -97,3 +98,27 @@ class MovingShapes:
         while self.num_frames is None or t < self.num_frames:
             yield self.frame(t)
             t += 1
+
+
+def synthetic_image(h: int, w: int, seed: int = 0, num_shapes: int = 4, rectangles: bool = False,
+                    noise: float = 0.0) -> np.ndarray:
+    """A still HxWx3 uint8 RGB image: a smooth background with ``num_shapes`` bright discs (or, with
+    ``rectangles``, discs and rectangles) and optional Gaussian ``noise``: content that resizes and
+    calibrates like a photo does."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    for c in range(3):
+        fy, fx, ph = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 6.28)
+        img[..., c] = 0.5 + 0.3 * np.sin(fy * yy / h * 6.28 + ph) * np.cos(fx * xx / w * 6.28)
+    for _ in range(num_shapes):
+        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+        r = rng.uniform(0.05, 0.25) * min(h, w)
+        if rectangles and rng.uniform() >= 0.5:
+            shape = (np.abs(yy - cy) < r) & (np.abs(xx - cx) < 1.5 * r)
+        else:
+            shape = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        img[shape] = rng.uniform(0, 1, 3)
+    if noise:
+        img += rng.normal(0, noise, img.shape).astype(np.float32)
+    return np.clip(img * 255, 0, 255).astype(np.uint8)
