@@ -339,11 +339,13 @@ def preprocess_sam2(images: Sequence[np.ndarray], cfg: Sam2Preprocessing) -> np.
     return out
 
 
-def boxes_to_sam2_input(boxes_xyxy: np.ndarray, image_hw: Sequence[int], cfg: Sam2Preprocessing) -> np.ndarray:
+def boxes_to_sam2_input(boxes_xyxy: np.ndarray, image_hw: Sequence[int], cfg: Sam2Preprocessing,
+                        clip: bool = True) -> np.ndarray:
     """``Sam2Processor(images, input_boxes=[boxes])["input_boxes"][0]``: float32 ``[N, 4]``.
 
-    Boxes (xyxy, input-image pixels) are clipped to the image first, then x is scaled by
-    ``coord_size / W`` and y by ``coord_size / H`` in float32, as the processor does.
+    Boxes (xyxy, input-image pixels) are validated, clipped to the image unless ``clip=False`` (the
+    processor does not clip), then x is scaled by ``coord_size / W`` and y by ``coord_size / H`` in
+    float32, as the processor does.
     """
     h, w = _image_hw(image_hw)
     b = np.asarray(boxes_xyxy)
@@ -357,8 +359,9 @@ def boxes_to_sam2_input(boxes_xyxy: np.ndarray, image_hw: Sequence[int], cfg: Sa
     if not np.all(np.isfinite(b)):
         bad = int(np.flatnonzero(~np.all(np.isfinite(b), axis=1))[0])
         raise UserError(f"box {bad} has a NaN or infinite coordinate ({b[bad].tolist()}); pass finite pixel coordinates")
-    b[:, 0::2] = np.clip(b[:, 0::2], 0, w)
-    b[:, 1::2] = np.clip(b[:, 1::2], 0, h)
+    if clip:
+        b[:, 0::2] = np.clip(b[:, 0::2], 0, w)
+        b[:, 1::2] = np.clip(b[:, 1::2], 0, h)
     target = cfg.coord_size
     b[:, 0::2] *= np.float32(target / w)
     b[:, 1::2] *= np.float32(target / h)

@@ -59,11 +59,7 @@ class Sam2Segmenter:
         reference pipeline, which hands OWLv2's unclipped boxes to SAM2.
         """
         h, w = int(image_hw[0]), int(image_hw[1])
-        boxes = boxes_to_sam2_input(boxes_xyxy, (h, w), self.preprocessing)  # validates, clips
-        if not clip_boxes and len(boxes):
-            boxes = np.array(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
-            boxes[:, 0::2] *= np.float32(self.preprocessing.coord_size / w)
-            boxes[:, 1::2] *= np.float32(self.preprocessing.coord_size / h)
+        boxes = boxes_to_sam2_input(boxes_xyxy, (h, w), self.preprocessing, clip=clip_boxes)
         if len(boxes) == 0:
             return Masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros(0, np.float32))
         feats = [features[n][index : index + 1] for n in SAM2_IMAGE.output_names]
