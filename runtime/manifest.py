@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,10 @@ def graph_file_name(graph: str, precision: str) -> str:
 class Manifest:
     root: Path
     data: dict[str, Any]
+    # files already hashed by this manifest: (path, sha256) -> (size, mtime_ns) they had. Loading the
+    # same engine twice (Pipeline.load, then the backend's opener or the tracker) hashes it once; a
+    # file changed since (size or mtime) is hashed again.
+    _verified: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -76,12 +80,16 @@ class Manifest:
         path = self.root / rel
         if not path.is_file():
             raise ArtifactError(f"{path} listed in the manifest is missing; re-export the artifact")
+        st = path.stat()
+        if self._verified.get((rel, expected)) == (st.st_size, st.st_mtime_ns):
+            return
         actual = sha256_file(path)
         if actual != expected:
             raise ArtifactError(
                 f"{path} does not match the manifest (sha256 {actual[:12]}… vs {expected[:12]}…): "
                 "the file was changed or corrupted; re-export or rebuild it"
             )
+        self._verified[(rel, expected)] = (st.st_size, st.st_mtime_ns)
 
 
 def load_manifest(root: str | Path) -> Manifest:

@@ -1,11 +1,13 @@
 """OWLv2 detection on exported graphs: prompts -> cached query embeddings; image -> boxes.
 
 The image tower (``owl_image``) runs once per image whatever the prompts; the query embeddings of a
-prompt tuple are computed once and cached; the small ``owl_head`` scores patches against them.
+prompt tuple are computed once and kept in a least-recently-used cache (``query_cache_size`` prompt
+tuples); the small ``owl_head`` scores patches against them.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -15,6 +17,7 @@ from runtime.backends import GraphRunner
 from runtime.graphs import OWL_HEAD, OWL_IMAGE, OWL_TEXT, GraphSpec
 from runtime.manifest import TOKENIZER_DIR, Manifest
 from runtime.preprocessing import OwlPreprocessing, postprocess_owl, preprocess_owl
+from runtime.profiling import OWL_HEAD_POST, PREPROCESS, StageTimer
 from runtime.tokenizer import PromptTokenizer
 
 
@@ -26,15 +29,21 @@ class Detections:
 
 
 _QUERY = OWL_TEXT.outputs[0].name
+#: Prompt tuples whose text embeddings are kept: a server cycling through many prompt sets must not
+#: grow without bound; 256 tuples of 8 prompts at 512 floats are 4 MB.
+QUERY_CACHE_SIZE = 256
 
 
 class OwlDetector:
     def __init__(self, text: GraphRunner, image: GraphRunner, head: GraphRunner,
-                 tokenizer: PromptTokenizer, preprocessing: OwlPreprocessing) -> None:
+                 tokenizer: PromptTokenizer, preprocessing: OwlPreprocessing, *,
+                 query_cache_size: int = QUERY_CACHE_SIZE, timer: StageTimer | None = None) -> None:
         self.text, self.image, self.head = text, image, head
         self.tokenizer = tokenizer
         self.preprocessing = preprocessing
-        self._queries: dict[tuple[str, ...], np.ndarray] = {}
+        self.query_cache_size = max(int(query_cache_size), 1)
+        self._queries: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
+        self.timer = timer or StageTimer()
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner]) -> "OwlDetector":
@@ -44,13 +53,24 @@ class OwlDetector:
 
     def query_embeds(self, prompts: Sequence[str]) -> np.ndarray:
         key = tuple(prompts)
-        if key not in self._queries:
-            self._queries[key] = self.text.run(self.tokenizer(list(key)))[_QUERY]
-        return self._queries[key]
+        if key in self._queries:
+            self._queries.move_to_end(key)
+            return self._queries[key]
+        with self.timer(OWL_TEXT.name):
+            queries = self.text.run(self.tokenizer(list(key)))[_QUERY]
+        self._queries[key] = queries
+        if len(self._queries) > self.query_cache_size:
+            self._queries.popitem(last=False)
+        return queries
+
+    def clear_query_cache(self) -> None:
+        self._queries.clear()
 
     def image_features(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        pixels = preprocess_owl(list(images), self.preprocessing)
-        return self.image.run({OWL_IMAGE.inputs[0].name: pixels})
+        with self.timer(PREPROCESS):
+            pixels = preprocess_owl(list(images), self.preprocessing)
+        with self.timer(OWL_IMAGE.name):
+            return self.image.run({OWL_IMAGE.inputs[0].name: pixels})
 
     def detect(self, images: Sequence[np.ndarray], prompts: Sequence[str], threshold: float = 0.1) -> list[Detections]:
         """Detections for each image (HxWx3 uint8 RGB) of ``images`` against ``prompts``."""
@@ -65,9 +85,10 @@ class OwlDetector:
         image tower themselves (e.g. concurrently with the SAM2 encoder)."""
         class_embeds, shift, scale, boxes, _objectness = (features[n] for n in OWL_IMAGE.output_names)
         head_feeds = dict(zip(OWL_HEAD.input_names, (class_embeds, shift, scale, queries), strict=True))
-        (logits,) = self.head.run(head_feeds).values()
-        out = []
-        for i, hw in enumerate(image_hws):
-            b, s, l = postprocess_owl(logits[i], boxes[i], hw, threshold)
-            out.append(Detections(b, s, l))
+        with self.timer(OWL_HEAD_POST):
+            (logits,) = self.head.run(head_feeds).values()
+            out = []
+            for i, hw in enumerate(image_hws):
+                b, s, l = postprocess_owl(logits[i], boxes[i], hw, threshold)
+                out.append(Detections(b, s, l))
         return out

@@ -18,7 +18,7 @@ saying what is missing; a precision the artifact lacks is an ``ArtifactError`` n
 SAM2 is prompted with OWLv2's boxes as they are, also where they extend past the image, as the
 reference pipeline (``Sam2Processor`` does not clip) and SOWLv2 do.
 
-Per call, the text embeddings of a prompt tuple are computed once and cached; the OWLv2 image tower and
+The text embeddings of a prompt tuple are computed once and cached (LRU); the OWLv2 image tower and
 the SAM2 image encoder run once per image (batched in ``predict_batch``); all boxes of an image go
 through one decoder call (in chunks of the engine profile's maximum number of boxes).
 
@@ -44,6 +44,7 @@ from runtime.images import load_image
 from runtime.manifest import PRECISIONS, Manifest, load_manifest
 from runtime.metrics import box_iou
 from runtime.owl import OwlDetector
+from runtime.profiling import StageTimer
 from runtime.sam2 import Sam2Segmenter
 
 log = logging.getLogger(__name__)
@@ -307,6 +308,9 @@ class Pipeline:
         self.choice = choice
         self.owl = owl
         self.sam = sam
+        # One timer for both models: wall time per stage (runtime.profiling.PIPELINE_STAGES), images counted
+        self.timer = StageTimer()
+        owl.timer = sam.timer = self.timer
         pipe = manifest.data.get("pipeline") or {}
         self.prompt_template: str = str(pipe.get("prompt_template", DEFAULT_PROMPT_TEMPLATE))
         self.default_threshold: float = float(pipe.get("threshold", DEFAULT_THRESHOLD))
@@ -416,7 +420,7 @@ class Pipeline:
         t = self.default_threshold if threshold is None else _check_threshold(threshold, "threshold")
         tracker = Sam2Tracker.open(self.manifest, self.backend, self.precision, **tracker_options)
         queries = self.texts(prompts_t, wrap_prompts) if prompts_t else ()
-        with open_frames(source) as frames:
+        with tracker, open_frames(source) as frames:  # the tracker's CUDA streams (TensorRT) close with it
             yield from track(frames, tracker, self.owl, queries, boxes=boxes, redetect_every=redetect_every,
                              threshold=t)
 
@@ -443,6 +447,7 @@ class Pipeline:
         for start in range(0, len(images), self.max_batch):
             chunk = [load_image(im) for im in images[start : start + self.max_batch]]
             out += self._predict_chunk(chunk, prompts_t, queries, t, nms_iou, max_detections, per_label_nms)
+            self.timer.frames += len(chunk)
         return out
 
     def _predict_chunk(self, chunk: list[np.ndarray], prompts: tuple[str, ...], queries: np.ndarray, threshold: float,

@@ -39,7 +39,6 @@ the low-res logits to the original ``(H, W)``, then ``> mask_threshold`` (0.0).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 

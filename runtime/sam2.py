@@ -17,6 +17,7 @@ from runtime.backends import GraphRunner
 from runtime.graphs import NUM_BOXES, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE, GraphSpec
 from runtime.manifest import Manifest
 from runtime.preprocessing import Sam2Preprocessing, boxes_to_sam2_input, postprocess_sam2_masks, preprocess_sam2
+from runtime.profiling import DECODER, MASK_POST, PREPROCESS, StageTimer
 
 
 @dataclass
@@ -28,10 +29,11 @@ class Masks:
 
 class Sam2Segmenter:
     def __init__(self, image: GraphRunner, decoder: GraphRunner, preprocessing: Sam2Preprocessing,
-                 max_boxes: int) -> None:
+                 max_boxes: int, timer: StageTimer | None = None) -> None:
         self.image, self.decoder = image, decoder
         self.preprocessing = preprocessing
         self.max_boxes = max_boxes
+        self.timer = timer or StageTimer()
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner],
@@ -43,8 +45,10 @@ class Sam2Segmenter:
 
     def image_features(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Encoder outputs for a batch of HxWx3 uint8 RGB images."""
-        pixels = preprocess_sam2(list(images), self.preprocessing)
-        return self.image.run({SAM2_IMAGE.inputs[0].name: pixels})
+        with self.timer(PREPROCESS):
+            pixels = preprocess_sam2(list(images), self.preprocessing)
+        with self.timer(SAM2_IMAGE.name):
+            return self.image.run({SAM2_IMAGE.inputs[0].name: pixels})
 
     def segment(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> Masks:
         """Masks of ``image`` for each box (xyxy, input-image pixels)."""
@@ -59,18 +63,20 @@ class Sam2Segmenter:
         reference pipeline, which hands OWLv2's unclipped boxes to SAM2.
         """
         h, w = int(image_hw[0]), int(image_hw[1])
-        boxes = boxes_to_sam2_input(boxes_xyxy, (h, w), self.preprocessing, clip=clip_boxes)
-        if len(boxes) == 0:
-            return Masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros(0, np.float32))
-        feats = [features[n][index : index + 1] for n in SAM2_IMAGE.output_names]
-        chunks = []
-        for start in range(0, len(boxes), self.max_boxes):
-            chunk = boxes[None, start : start + self.max_boxes]
-            feeds = dict(zip(self.decoder.spec.input_names, (*feats, chunk), strict=True))
-            out = self.decoder.run(feeds)
-            chunks.append([out[n][0] for n in self.decoder.spec.output_names])
-        logits, iou, obj = (np.concatenate(parts) for parts in zip(*chunks))
-        best = iou.argmax(axis=1)  # a single-mask decoder has one column: index 0
-        rows = np.arange(len(boxes))
-        masks = postprocess_sam2_masks(logits[rows, best][:, None], (h, w), self.preprocessing)[:, 0]
+        with self.timer(DECODER):
+            boxes = boxes_to_sam2_input(boxes_xyxy, (h, w), self.preprocessing, clip=clip_boxes)
+            if len(boxes) == 0:
+                return Masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros(0, np.float32))
+            feats = [features[n][index : index + 1] for n in SAM2_IMAGE.output_names]
+            chunks = []
+            for start in range(0, len(boxes), self.max_boxes):
+                chunk = boxes[None, start : start + self.max_boxes]
+                feeds = dict(zip(self.decoder.spec.input_names, (*feats, chunk), strict=True))
+                out = self.decoder.run(feeds)
+                chunks.append([out[n][0] for n in self.decoder.spec.output_names])
+            logits, iou, obj = (np.concatenate(parts) for parts in zip(*chunks))
+        with self.timer(MASK_POST):
+            best = iou.argmax(axis=1)  # a single-mask decoder has one column: index 0
+            rows = np.arange(len(boxes))
+            masks = postprocess_sam2_masks(logits[rows, best][:, None], (h, w), self.preprocessing)[:, 0]
         return Masks(masks, iou[rows, best].astype(np.float32), obj[:, 0].astype(np.float32))

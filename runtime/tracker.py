@@ -28,6 +28,27 @@ Re-detection: on frame 0 and every ``redetect_every`` frames OWLv2 runs on the f
 object of this frame (tracked or just started) with IoU >= ``new_object_iou`` (default 0.5). Mask IoU
 is measured on the decoders' low-res masks (256 x 256 for the released models).
 
+Stream policy (TensorRT). When every tracking graph has ``enqueue`` (``runtime.backends.tensorrt``
+graphs; see ``runs_on_streams``), the tracker owns two non-blocking CUDA streams and calls no graph
+with ``run()``; otherwise (ONNX Runtime, or a mix of backends) every graph is called with ``run()``.
+
+* Frame stream: ``sam2_image``; per chunk of tracked objects ``sam2_memory_attention`` ->
+  ``sam2_track_decoder`` -> ``sam2_object_pointer``; ``sam2_prompt_decoder`` and its pointers.
+  The image features, the conditioned embedding and the track decoder's token and score go from
+  graph to graph on the device (``Pending.device``). Only what the host uses comes back: masks and
+  object scores (results, re-detection, the memory encoder's inputs), object pointers (the host's
+  rings) and, on prompted frames only, the prompt decoder's tokens. The memory bank stays on the
+  host and is uploaded with each memory-attention call. The host waits once per chunk.
+* Memory stream: ``sam2_memory_encoder`` of frame t, after the image encoder's event (the
+  backend's device hand-off). It runs while the host post-processes frame t and reads,
+  pre-processes and queues frame t+1; frame t+1's encoder waits on the device only for its copy
+  of the embedding. ``step(t+1)`` joins it (the host waits on its event) before any bank is read,
+  and stores its bfloat16 memories in the objects' rings: until then frame t's memories are not
+  in the banks. With more objects than ``objects_per_call``, all calls but the last are read in
+  ``step(t)``. ``reset`` drops an unjoined result; ``close`` frees the streams.
+* The host waits only on the events of calls whose outputs it reads. Graph stage times are then
+  the host's time to queue the calls, and the waits are timed as ``device wait``.
+
 Differences from the reference, by design: a streamed video's length is unknown, so pointer offsets
 are normalised by ``max_object_pointers_in_encoder - 1`` as in the reference's streaming mode (its
 whole-video mode uses ``min(num_frames, 16) - 1``, the same for videos of 16 frames or more); the
@@ -38,7 +59,6 @@ all objects of a frame, which differs only on frames where objects start while o
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
@@ -52,13 +72,17 @@ from runtime.graphs import (NUM_BOXES, NUM_OBJECTS, SAM2_IMAGE, SAM2_MEMORY_ATTE
                             GraphSpec)
 from runtime.manifest import Manifest
 from runtime.preprocessing import Sam2Preprocessing, boxes_to_sam2_input, postprocess_sam2_masks, preprocess_sam2
+from runtime.profiling import StageTimer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrackedFrame", "Sam2Tracker", "track", "to_bfloat16_bits", "from_bfloat16_bits", "mask_boxes"]
+__all__ = ["TrackedFrame", "Sam2Tracker", "track", "to_bfloat16_bits", "from_bfloat16_bits", "mask_boxes",
+           "runs_on_streams"]
 
 DEFAULT_NEW_OBJECT_IOU = 0.5
 DEFAULT_MAX_OBJECTS = 64
+DEVICE_WAIT = "device wait"  # timer stage: the host waiting for a CUDA event (TensorRT)
+TRACKING_GRAPHS = (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)
 
 # binding names, from the specs
 _EMBED, _FEAT0, _FEAT1 = SAM2_IMAGE.output_names
@@ -103,6 +127,18 @@ def ort_objects_per_call(sizes: Mapping[str, int], budget: int = ORT_ATTENTION_B
     splits = max(1, int(sizes["sam_embed_dim"]) // int(sizes["sam_memory_dim"]))
     keys = int(sizes["sam_num_maskmem"]) * tokens + splits * int(sizes["sam_max_object_pointers"])
     return max(1, budget // (tokens * keys * 4))
+
+
+def runs_on_streams(graphs: Mapping[str, object]) -> bool:
+    """Whether a tracker on ``graphs`` runs its frames on its own CUDA streams: True when every
+    tracking graph has ``enqueue`` (TensorRT graphs). A mix runs everything with ``run()`` (correct,
+    without the device hand-offs), and says so."""
+    queued = [g.name for g in TRACKING_GRAPHS if callable(getattr(graphs.get(g.name), "enqueue", None))]
+    if queued and len(queued) < len(TRACKING_GRAPHS):
+        others = [g.name for g in TRACKING_GRAPHS if g.name not in queued]
+        log.warning("tracking graphs %s can be queued on CUDA streams but %s cannot: every graph runs with run(), "
+                    "without device hand-offs; open them all on one backend", queued, others)
+    return len(queued) == len(TRACKING_GRAPHS)
 
 
 def mask_boxes(masks: np.ndarray) -> np.ndarray:
@@ -189,29 +225,6 @@ class _Track:
         return memories, slots, pointers, offsets
 
 
-class _Timer:
-    """Accumulated wall time per stage (seconds) and frame count, for measurements."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.frames = 0
-
-    def __call__(self, stage: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[stage] += time.perf_counter() - self.t0
-
-        return _Span()
-
-    def per_frame_ms(self) -> dict[str, float]:
-        return {k: 1000.0 * v / max(self.frames, 1) for k, v in self.seconds.items()}
-
-
 class Sam2Tracker:
     """SAM2 tracking state over one stream; ``step`` processes one frame. ``reset`` starts a new stream."""
 
@@ -219,8 +232,7 @@ class Sam2Tracker:
                  max_objects_per_call: int, max_boxes_per_call: int, *, objects_per_call: int | None = None,
                  max_objects: int = DEFAULT_MAX_OBJECTS, new_object_iou: float = DEFAULT_NEW_OBJECT_IOU,
                  forget_after: int | None = None) -> None:
-        needed = [SAM2_IMAGE, *SAM2_VIDEO_GRAPHS]
-        missing = [g.name for g in needed if g.name not in graphs]
+        missing = [g.name for g in TRACKING_GRAPHS if g.name not in graphs]
         if missing:
             raise ArtifactError(f"tracking needs the graphs {missing}; re-export the artifact with python -m export.build --video")
         self.graphs = dict(graphs)
@@ -239,7 +251,19 @@ class Sam2Tracker:
         if forget_after is not None and forget_after < 1:
             raise UserError(f"forget_after must be at least 1 frame (or None: never), got {forget_after}")
         self.max_objects, self.new_object_iou, self.forget_after = max_objects, new_object_iou, forget_after
-        self.timer = _Timer()
+        self.timer = StageTimer()  # wall time per stage and frames, for measurements
+        self.on_streams = runs_on_streams(self.graphs)
+        self.streams = None  # (frame stream, memory stream) on TensorRT
+        if self.on_streams:
+            from runtime.backends.tensorrt import Stream
+
+            frame_stream = Stream()
+            try:
+                self.streams = (frame_stream, Stream())
+            except BaseException:
+                frame_stream.close()
+                raise
+        log.info("tracking %s", "on two CUDA streams (TensorRT graphs)" if self.on_streams else "with run() per graph")
         self.reset()
 
     @classmethod
@@ -275,6 +299,7 @@ class Sam2Tracker:
         return cls.from_manifest(manifest, opener, **options)
 
     def reset(self) -> None:
+        self._unstored = None  # the last frame's memories, not yet in the banks (see _store_memories)
         self.tracks: list[_Track] = []
         self.next_id = 1
         self.frame_index = 0
@@ -286,30 +311,92 @@ class Sam2Tracker:
     def num_objects(self) -> int:
         return len(self.tracks)
 
+    def close(self) -> None:
+        """Free the tracker's CUDA streams (TensorRT; nothing to do on ONNX Runtime). The graphs
+        stay open: whoever opened them closes them."""
+        self._unstored = None
+        if self.streams is not None:
+            for stream in self.streams:
+                stream.synchronize()
+                stream.close()
+            self.streams = None
+
+    def __enter__(self) -> "Sam2Tracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # --- graph calls ---------------------------------------------------------------------------
 
     def _run(self, spec: GraphSpec, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.timer(spec.name):
             return self.graphs[spec.name].run(feeds)
 
-    def _encode(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+    def _enqueue(self, spec: GraphSpec, feeds: Mapping, host_outputs: Sequence[str], stream: int = 0):
+        """Queue ``spec`` on the tracker's frame (0) or memory (1) stream: a ``Pending`` whose
+        ``host_outputs`` come back to the host, the other outputs staying on the device."""
+        if self.streams is None:
+            raise UserError("this tracker was closed; open a new one")
+        with self.timer(spec.name):
+            return self.graphs[spec.name].enqueue(feeds, self.streams[stream], host_outputs)
+
+    def _wait(self, pending) -> dict[str, np.ndarray]:
+        with self.timer(DEVICE_WAIT):
+            return pending.outputs()
+
+    def _call(self, spec: GraphSpec, feeds: Mapping, host_outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """A call whose outputs the host reads at once: ``run()``, or queued on the frame stream
+        and waited for (only ``host_outputs`` come back)."""
+        if not self.on_streams:
+            return self._run(spec, feeds)
+        return self._wait(self._enqueue(spec, feeds, host_outputs))
+
+    def _encode(self, frame: np.ndarray) -> dict:
+        """The frame's features (batch of one): arrays, or device tensors on the frame stream."""
         with self.timer("preprocess"):
             pixels = preprocess_sam2([frame], self.preprocessing)
-        return self._run(SAM2_IMAGE, {SAM2_IMAGE.input_names[0]: pixels})
+        feeds = {SAM2_IMAGE.input_names[0]: pixels}
+        if not self.on_streams:
+            return {n: v[:1] for n, v in self._run(SAM2_IMAGE, feeds).items()}
+        encoded = self._enqueue(SAM2_IMAGE, feeds, host_outputs=())
+        return {n: encoded.device(n) for n in SAM2_IMAGE.output_names}
 
-    def _track(self, t: int, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _track(self, t: int, feats: dict) -> dict[str, np.ndarray]:
         """Masks, scores and pointers of every existing object on frame t, by memory attention."""
         n = len(self.tracks)
         h = self.preprocessing.mask_size
         out = {"masks": np.empty((n, 1, h, h), np.float32), "scores": np.empty((n, 1), np.float32),
                "pointers": np.empty((n, self.hidden), np.float32)}
-        if n == 0:
-            return out
+        for idx, bank in self._bank_chunks(t):
+            attention = {_MA_IN["embed"]: feats[_EMBED], **bank}
+            frame = (feats[_FEAT0], feats[_FEAT1])
+            if not self.on_streams:
+                conditioned = self._run(SAM2_MEMORY_ATTENTION, attention)[_MA_OUT]
+                dec = self._run(SAM2_TRACK_DECODER, dict(zip(_TD_IN, (conditioned, *frame), strict=True)))
+                ptr = self._run(SAM2_OBJECT_POINTER, {_OP_TOKEN: dec[_TD_TOKEN], _OP_SCORES: dec[_TD_SCORES]})[_OP_OUT]
+            else:  # one chain on the frame stream; the host waits once, for masks, scores and pointers
+                conditioned = self._enqueue(SAM2_MEMORY_ATTENTION, attention, host_outputs=()).device(_MA_OUT)
+                decoded = self._enqueue(SAM2_TRACK_DECODER, dict(zip(_TD_IN, (conditioned, *frame), strict=True)),
+                                        host_outputs=(_TD_MASKS, _TD_SCORES))
+                pointer = self._enqueue(SAM2_OBJECT_POINTER, {_OP_TOKEN: decoded.device(_TD_TOKEN),
+                                                              _OP_SCORES: decoded.device(_TD_SCORES)},
+                                        host_outputs=(_OP_OUT,))
+                dec, ptr = self._wait(decoded), self._wait(pointer)[_OP_OUT]
+            out["masks"][idx] = dec[_TD_MASKS]
+            out["scores"][idx] = dec[_TD_SCORES]
+            out["pointers"][idx] = ptr
+        return out
+
+    def _bank_chunks(self, t: int) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """The objects' memory banks for frame t as memory-attention feeds (all but the frame's
+        embedding): objects with equal bank lengths together, ``objects_per_call`` at a time."""
+        if not self.tracks:
+            return
         banks = [tr.bank(t) for tr in self.tracks]
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, (mems, _, ptrs, _) in enumerate(banks):
             groups[(len(mems), len(ptrs))].append(i)
-        embed = feats[_EMBED][:1]
         for (m, p), members in groups.items():
             for start in range(0, len(members), self.objects_per_call):
                 idx = members[start : start + self.objects_per_call]
@@ -326,47 +413,70 @@ class Sam2Tracker:
                         slots[r, np.arange(m), slot] = 1.0
                         pointers[r] = np.stack(ptrs)
                         offsets[r] = offs
-                conditioned = self._run(SAM2_MEMORY_ATTENTION, {
-                    _MA_IN["embed"]: embed, _MA_IN["memory"]: memory, _MA_IN["pos"]: self.memory_pos,
-                    _MA_IN["slots"]: slots, _MA_IN["pointers"]: pointers, _MA_IN["offsets"]: offsets,
-                })[_MA_OUT]
-                dec = self._run(SAM2_TRACK_DECODER, dict(zip(_TD_IN, (conditioned, feats[_FEAT0][:1], feats[_FEAT1][:1]), strict=True)))
-                ptr = self._run(SAM2_OBJECT_POINTER, {_OP_TOKEN: dec[_TD_TOKEN], _OP_SCORES: dec[_TD_SCORES]})[_OP_OUT]
-                out["masks"][idx] = dec[_TD_MASKS]
-                out["scores"][idx] = dec[_TD_SCORES]
-                out["pointers"][idx] = ptr
-        return out
+                yield idx, {_MA_IN["memory"]: memory, _MA_IN["pos"]: self.memory_pos, _MA_IN["slots"]: slots,
+                            _MA_IN["pointers"]: pointers, _MA_IN["offsets"]: offsets}
 
-    def _prompt(self, feats: dict[str, np.ndarray], boxes_model: np.ndarray) -> dict[str, np.ndarray]:
+    def _prompt(self, feats: dict, boxes_model: np.ndarray) -> dict[str, np.ndarray]:
         """Masks, scores and pointers of objects started from boxes (model-input coordinates)."""
         n = len(boxes_model)
         parts = []
         for start in range(0, n, self.boxes_per_call):
             chunk = boxes_model[None, start : start + self.boxes_per_call]
-            feeds = {_EMBED: feats[_EMBED][:1], _FEAT0: feats[_FEAT0][:1], _FEAT1: feats[_FEAT1][:1], _PD_BOXES: chunk}
-            dec = self._run(SAM2_PROMPT_DECODER, feeds)
+            feeds = {_EMBED: feats[_EMBED], _FEAT0: feats[_FEAT0], _FEAT1: feats[_FEAT1], _PD_BOXES: chunk}
+            dec = self._call(SAM2_PROMPT_DECODER, feeds, host_outputs=(_PD_MASKS, _PD_SCORES, _PD_TOKEN))
             masks, scores, tokens = dec[_PD_MASKS][0], dec[_PD_SCORES][0], dec[_PD_TOKEN][0]
-            ptrs = [self._run(SAM2_OBJECT_POINTER, {_OP_TOKEN: tokens[s : s + self.objects_per_call],
-                                                   _OP_SCORES: scores[s : s + self.objects_per_call]})[_OP_OUT]
+            # boxes are prompts of a few frames only: their tokens take the host's way to the pointer graph
+            ptrs = [self._call(SAM2_OBJECT_POINTER, {_OP_TOKEN: tokens[s : s + self.objects_per_call],
+                                                    _OP_SCORES: scores[s : s + self.objects_per_call]},
+                               host_outputs=(_OP_OUT,))[_OP_OUT]
                     for s in range(0, len(tokens), self.objects_per_call)]
             parts.append((masks, scores, np.concatenate(ptrs)))
         return {"masks": np.concatenate([p[0] for p in parts]), "scores": np.concatenate([p[1] for p in parts]),
                 "pointers": np.concatenate([p[2] for p in parts])}
 
-    def _encode_memories(self, feats: dict[str, np.ndarray], masks: np.ndarray, scores: np.ndarray,
-                         is_prompt: np.ndarray) -> np.ndarray:
-        """bfloat16 bits [N, tokens, D] of each object's memory of this frame."""
+    def _encode_memories(self, feats: dict, masks: np.ndarray, scores: np.ndarray,
+                         is_prompt: np.ndarray) -> Callable[[], np.ndarray]:
+        """Each object's memory of this frame: a function giving their bfloat16 bits [N, tokens, D].
+        On TensorRT the last call is still running on the memory stream: the function waits for it."""
         n = len(masks)
         bits = np.empty((n, self.tokens, self.mem_dim), np.uint16)
-        for s in range(0, n, self.objects_per_call):
-            e = slice(s, s + self.objects_per_call)
-            out = self._run(SAM2_MEMORY_ENCODER, {_ME_IN["embed"]: feats[_EMBED][:1], _ME_IN["masks"]: masks[e],
-                                                  _ME_IN["scores"]: scores[e], _ME_IN["prompt"]: is_prompt[e]})
+
+        def take(out: dict[str, np.ndarray], e: slice) -> None:
             if self.memory_pos is None:
                 self.memory_pos = np.ascontiguousarray(out[_ME_POS][:1])
             with self.timer("memory bank"):
                 bits[e] = to_bfloat16_bits(out[_ME_FEATURES])
-        return bits
+
+        last = None  # (rows, Pending) of the call still on the memory stream
+        for s in range(0, n, self.objects_per_call):
+            e = slice(s, s + self.objects_per_call)
+            feeds = {_ME_IN["embed"]: feats[_EMBED], _ME_IN["masks"]: masks[e], _ME_IN["scores"]: scores[e],
+                     _ME_IN["prompt"]: is_prompt[e]}
+            if not self.on_streams:
+                take(self._run(SAM2_MEMORY_ENCODER, feeds), e)
+                continue
+            if last is not None:  # one call of a graph per stream at a time: read the previous one first
+                take(self._wait(last[1]), last[0])
+            host = (_ME_FEATURES,) if self.memory_pos is not None else (_ME_FEATURES, _ME_POS)
+            last = (e, self._enqueue(SAM2_MEMORY_ENCODER, feeds, host_outputs=host, stream=1))
+
+        def finish() -> np.ndarray:
+            if last is not None:
+                take(self._wait(last[1]), last[0])
+            return bits
+
+        return finish
+
+    def _store_memories(self) -> None:
+        """Put the last step's memories into its objects' banks (TensorRT: joins the memory stream)."""
+        if self._unstored is None:
+            return
+        finish, tracks, pointers, t = self._unstored
+        self._unstored = None
+        bits = finish()
+        with self.timer("memory bank"):
+            for i, tr in enumerate(tracks):
+                tr.store(t, bits[i], pointers[i])
 
     # --- one frame -----------------------------------------------------------------------------
 
@@ -398,12 +508,14 @@ class Sam2Tracker:
         self.timer.frames += 1
 
         if not self.tracks and len(boxes) == 0:  # nothing to track: no SAM2 work at all
+            self._store_memories()
             self.frame_index += 1
             empty = np.zeros(0, np.int64)
             return TrackedFrame(t, empty, empty.copy(), np.zeros((0, *hw), bool), np.zeros((0, 4), np.float32),
                                 np.zeros(0, np.float32), np.zeros(0, bool), frame)
 
         feats = self._encode(frame)
+        self._store_memories()  # the previous frame's, before any bank is read (on TensorRT: after queueing the encoder)
         tracked = self._track(t, feats)
         n_old = len(self.tracks)
         masks, scores, pointers = tracked["masks"], tracked["scores"], tracked["pointers"]
@@ -426,10 +538,9 @@ class Sam2Tracker:
                     self.next_id += 1
         is_prompt = np.zeros((len(self.tracks), 1), np.float32)
         is_prompt[n_old:] = 1.0
-        bits = self._encode_memories(feats, masks, scores, is_prompt)
-        with self.timer("memory bank"):
-            for i, tr in enumerate(self.tracks):
-                tr.store(t, bits[i], pointers[i])
+        self._unstored = (self._encode_memories(feats, masks, scores, is_prompt), list(self.tracks), pointers, t)
+        if not self.on_streams:
+            self._store_memories()  # at once: the memory encoder has already run
         with self.timer("postprocess"):
             full = postprocess_sam2_masks(masks, hw, self.preprocessing)[:, 0]
             result = TrackedFrame(

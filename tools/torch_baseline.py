@@ -302,16 +302,20 @@ def make_inputs(num_prompts: int, num_boxes: int):
 
 
 class Pipeline:
-    def __init__(self, owl, owl_proc, sam, sam_proc, sam_processor, device, gpu_preprocess: bool):
+    """The stages of one image of ``image_hw`` (tools.benchmark builds one per image size)."""
+
+    def __init__(self, owl, owl_proc, sam, sam_proc, sam_processor, device, gpu_preprocess: bool,
+                 image_hw: tuple[int, int] = (IMAGE_H, IMAGE_W)):
         self.owl, self.owl_proc = owl, owl_proc
         self.sam, self.sam_proc, self.sam_processor = sam, sam_proc, sam_processor
         self.device = device
         self.proc_kwargs = {"device": str(device)} if gpu_preprocess else {}
-        self.original_sizes = [[IMAGE_H, IMAGE_W]]
+        self.image_hw = (int(image_hw[0]), int(image_hw[1]))
+        self.original_sizes = [list(self.image_hw)]
         # OWLv2 boxes are relative to the image padded to a square (bottom/right): scale by the long side.
         # A (batch, 2) tensor on the model's device: transformers 5.x takes the max of (h, w) itself, 4.x does
         # not, so (long side, long side) is right for both.
-        side = max(IMAGE_H, IMAGE_W)
+        side = max(self.image_hw)
         self.owl_target_sizes = torch.tensor([[side, side]], device=device)
 
     # -- preprocessing
@@ -326,9 +330,8 @@ class Pipeline:
         else:
             enc = self.sam_proc(images=image, return_tensors="pt", **self.proc_kwargs)
             px = enc["pixel_values"]
-            scale = torch.tensor(
-                [SAM_IMAGE_SIZE / IMAGE_W, SAM_IMAGE_SIZE / IMAGE_H] * 2, dtype=torch.float32
-            )
+            h, w = self.image_hw
+            scale = torch.tensor([SAM_IMAGE_SIZE / w, SAM_IMAGE_SIZE / h] * 2, dtype=torch.float32)
             bx = torch.tensor([boxes], dtype=torch.float32) * scale
         return px.to(self.device, non_blocking=True), bx.to(self.device, dtype=torch.float32)
 

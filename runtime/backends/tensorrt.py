@@ -17,6 +17,9 @@ Stream policy
   sizes, and an event recorded after them. Every boolean TensorRT returns and every CUDA status is
   checked. Streams are created non-blocking: TensorRT warns that the legacy default stream costs
   extra device-wide synchronisations.
+* ``enqueue(..., host_outputs=names)`` copies back only those outputs (default: all); the others
+  stay on the device for :meth:`Pending.device`, so a chain of graphs pays no device -> host copy
+  of tensors the host never reads (the video tracker's per-frame work, ``runtime.tracker``).
 * Streams talk only through events, never through device-wide synchronisation. A call's
   :class:`Pending` holds its completion event; ``Pending.device(name)`` hands an output to another
   graph *on the device*: the consuming stream waits on the producer's event
@@ -47,7 +50,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -548,8 +551,11 @@ class _Binding:
 class Pending:
     """The result of :meth:`TrtGraph.enqueue`: outputs once ``event`` completes."""
 
-    def __init__(self, binding: _Binding, shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, binding: _Binding, shapes: dict[str, tuple[int, ...]],
+                 host_outputs: tuple[str, ...] | None = None) -> None:
         self._binding, self._generation, self.shapes = binding, binding.generation, shapes
+        # the outputs this call copied back to the host (the others are on the device only)
+        self.host_outputs = binding.engine.spec.output_names if host_outputs is None else tuple(host_outputs)
 
     @property
     def event(self) -> Event:
@@ -561,11 +567,12 @@ class Pending:
                             "same stream; read a call's outputs before enqueueing the graph again on that stream")
 
     def outputs(self) -> dict[str, np.ndarray]:
-        """Wait for this call (its event only) and return copies of its outputs."""
+        """Wait for this call (its event only) and return copies of its outputs (those of
+        ``host_outputs`` when the call named them)."""
         self._check_fresh()
         self.event.synchronize()
         b = self._binding
-        return {n: b.host[n].view(b.engine.dtypes[n], self.shapes[n]).copy() for n in b.engine.spec.output_names}
+        return {n: b.host[n].view(b.engine.dtypes[n], self.shapes[n]).copy() for n in self.host_outputs}
 
     def device(self, name: str) -> DeviceTensor:
         """Output ``name`` left on the device, for another graph's :meth:`TrtGraph.enqueue`."""
@@ -591,13 +598,19 @@ class TrtGraph:
             self._own_stream = Stream()
         return self.enqueue(feeds, self._own_stream).outputs()
 
-    def enqueue(self, feeds: Mapping[str, np.ndarray | DeviceTensor], stream: Stream) -> Pending:
-        """Queue one call on ``stream`` and return at once; device inputs are waited for on the device."""
+    def enqueue(self, feeds: Mapping[str, np.ndarray | DeviceTensor], stream: Stream,
+                host_outputs: Sequence[str] | None = None) -> Pending:
+        """Queue one call on ``stream`` and return at once; device inputs are waited for on the device.
+        Only the outputs named in ``host_outputs`` (default: all) are copied back to the host."""
         spec = self.spec
         missing = [n for n in spec.input_names if n not in feeds]
         extra = [n for n in feeds if n not in spec.input_names]
         if missing or extra:
             raise ValueError(f"{spec.name}: missing inputs {missing}, unexpected inputs {extra}")
+        to_host = tuple(spec.output_names if host_outputs is None else host_outputs)
+        unknown = [n for n in to_host if n not in spec.output_names]
+        if unknown:
+            raise ValueError(f"{spec.name}: host_outputs {unknown} are not outputs of the graph ({spec.output_names})")
         b = self._binding(stream)
         b.done.synchronize()  # the previous call on this stream is done with our pinned buffers
         b.wait_for_readers()
@@ -617,12 +630,12 @@ class TrtGraph:
             b.set_shape(name, shape)
         shapes = b.infer_shapes()
         self._execute(b, stream)
-        for name in spec.output_names:
+        for name in to_host:
             nbytes = int(np.prod(shapes[name], dtype=np.int64)) * self.engine.dtypes[name].itemsize
             memcpy_async(b.host[name].ptr, b.device[name].ptr, nbytes, "cudaMemcpyDeviceToHost", stream)
         b.done.record(stream)
         b.generation += 1
-        return Pending(b, shapes)
+        return Pending(b, shapes, to_host)
 
     def close(self) -> None:
         for b in self._bindings.values():

@@ -430,6 +430,24 @@ def test_tampered_file_is_refused_before_anything_is_opened(tiny_artifact, tmp_p
     assert victim.split("/")[-1] in str(e.value) and opened == []
 
 
+def test_a_file_is_hashed_once_per_manifest_unless_it_changes(tiny_artifact, tmp_path, monkeypatch):
+    import runtime.manifest as manifest_module
+
+    art = copy_artifact(tiny_artifact, tmp_path / "a")
+    manifest = manifest_module.load_manifest(art)
+    hashed = []
+    real = manifest_module.sha256_file
+    monkeypatch.setattr(manifest_module, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    manifest.graph_path("sam2_image", "fp32")
+    manifest.graph_path("sam2_image", "fp32")  # e.g. Pipeline.load, then the tracker: no second hash
+    assert hashed == ["sam2_image.onnx"]
+    with open(art / "sam2_image.onnx", "ab") as f:
+        f.write(b" ")
+    with pytest.raises(ArtifactError, match="does not match the manifest"):
+        manifest.graph_path("sam2_image", "fp32")
+    assert hashed == ["sam2_image.onnx"] * 2
+
+
 def test_other_schema_version_is_refused(tiny_artifact, tmp_path):
     art = copy_artifact(tiny_artifact, tmp_path / "a", schema_version=99)
     with pytest.raises(ArtifactError, match="schema version 99"):

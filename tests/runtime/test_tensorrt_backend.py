@@ -3,7 +3,8 @@
 Everywhere: its pure-Python half (engine names, manifest records and their verification against the
 running TensorRT and GPU, the errors when tensorrt or a GPU is missing). Where tensorrt and a CUDA
 device exist (tests marked ``gpu``): engines built from the tiny artifact against ONNX Runtime, two
-streams with a device hand-off, CUDA-graph replay. No test here imitates TensorRT.
+streams with a device hand-off, outputs kept on the device (``host_outputs``), CUDA-graph replay. No
+test here imitates TensorRT.
 """
 
 from __future__ import annotations
@@ -354,6 +355,38 @@ def test_two_streams_and_a_device_hand_off(tiny_engines):
             g.close()
         s1.close()
         s2.close()
+
+
+@pytest.mark.gpu
+def test_host_outputs_copy_back_only_those(tiny_engines):
+    """``enqueue(..., host_outputs=names)``: the encoder's features stay on the device, the decoder
+    returns just the named outputs, equal to a plain ``run()``."""
+    from runtime.backends.tensorrt import Stream, tensorrt_opener
+
+    m = load_manifest(tiny_engines)
+    open_trt = tensorrt_opener(m, "fp32")
+    enc, dec = open_trt(SAM2_IMAGE), open_trt(SAM2_DECODER)
+    stream = Stream()
+    try:
+        dims = {BATCH: 1, NUM_BOXES: 2}
+        enc_feeds = feeds_for(SAM2_IMAGE, m.sizes, dims, 5)
+        boxes = feeds_for(SAM2_DECODER, m.sizes, dims, 6)["boxes"]
+        masks_name, _, scores_name = SAM2_DECODER.output_names
+        feats = enc.enqueue(enc_feeds, stream, host_outputs=())
+        on_device = {n: feats.device(n) for n in SAM2_IMAGE.output_names}
+        got = dec.enqueue({**on_device, "boxes": boxes}, stream, host_outputs=(scores_name, masks_name)).outputs()
+        assert feats.outputs() == {}
+        expected_feats = enc.run(enc_feeds)
+        want = dec.run({**expected_feats, "boxes": boxes})
+        assert list(got) == [scores_name, masks_name]
+        for n in got:
+            np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=1e-6, err_msg=n)
+        with pytest.raises(ValueError, match=r"host_outputs \['nope'\] are not outputs"):
+            dec.enqueue({**expected_feats, "boxes": boxes}, stream, host_outputs=("nope",))
+    finally:
+        for g in (enc, dec):
+            g.close()
+        stream.close()
 
 
 @pytest.mark.gpu

@@ -179,7 +179,31 @@ def test_missing_inputs(tmp_path, make, fragment):
         open_frames(make(tmp_path))
 
 
-def test_opencv_decoder(clip):
+def test_opencv_decoder_gives_the_frames_pyav_gives(clip):
     pytest.importorskip("cv2")
     source = open_frames(clip, decoder="opencv")
-    assert len(list(source)) == 20 and source.info.decoder == "opencv"
+    assert source.info.decoder == "opencv" and source.info.fps == pytest.approx(25)
+    assert (source.info.num_frames, source.info.width, source.info.height) == (20, 128, 96)
+    frames = list(source)
+    reference = list(open_frames(clip, decoder="pyav"))
+    assert len(frames) == 20 and all(f.shape == (96, 128, 3) and f.dtype == np.uint8 and f.flags.c_contiguous
+                                     for f in frames)
+    for got, ref in zip(frames, reference):  # same stream, two YUV->RGB conversions: a level or two apart
+        diff = np.abs(got.astype(int) - ref).mean()
+        assert diff < 2.0, diff
+        assert np.abs(got[..., ::-1].astype(int) - ref).mean() > 5 * max(diff, 1.0)  # RGB, not OpenCV's BGR
+
+
+def test_opencv_decoder_reports_a_truncated_or_unreadable_file(clip, tmp_path):
+    pytest.importorskip("cv2")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[: int(clip.stat().st_size * 0.85)])
+    got = []
+    with pytest.raises(VideoReadError) as e:
+        for frame in open_frames(cut, decoder="opencv"):
+            got.append(frame)
+    assert 0 < len(got) < 20 and e.value.frames_read == len(got) and "\n" not in str(e.value)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 100)
+    with pytest.raises(UserError, match="not a readable video .OpenCV cannot open it."):
+        open_frames(junk, decoder="opencv")

@@ -1,0 +1,124 @@
+"""python -m tools.benchmark: per-stage JSON, markdown table and chart, PyTorch reference both ways,
+targets computed from the measurements, loud skips and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from runtime.profiling import PIPELINE_STAGES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def benchmark(*args: str | Path, check: int | None = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "tools.benchmark", *map(str, args)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in r.stderr, r.stderr
+    if check is not None:
+        assert r.returncode == check, r.stderr
+    return r
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+def tensorrt_importable() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def report(tiny_artifact, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    benchmark("--engines", tiny_artifact, "--runs", "2", "--warmup", "1", "--prompts", "2", "--boxes", "3",
+              "--prompt-sweep", "1", "3", "--threads", "1", "--out", out)
+    return json.loads((out / "benchmark.json").read_text()), out
+
+
+def test_every_stage_is_timed_for_the_runtime_and_both_pytorch_pipelines(report):
+    data, _ = report
+    by_name = {r["name"]: r for r in data["results"]}
+    assert list(by_name) == ["onnxruntime fp32", "pytorch fair", "pytorch sowlv2"]
+    assert data["stages"] == list(PIPELINE_STAGES)
+    per_image_stages = [s for s in PIPELINE_STAGES if s != "owl_text"]
+    for r in data["results"]:
+        assert set(per_image_stages) <= set(r["stages_ms"]), r["name"]
+        assert all(r["stages_ms"][s] > 0 for s in per_image_stages), (r["name"], r["stages_ms"])
+        assert r["text_ms"] > 0
+        assert r["images_per_s"] == pytest.approx(1000.0 / r["per_image_ms"])
+        assert len(r["samples_ms"]) == 2  # runs x images
+    ort = by_name["onnxruntime fp32"]
+    # the stages are spans inside predict, run one after the other on ONNX Runtime
+    assert sum(ort["stages_ms"].values()) <= ort["per_image_ms"] * 1.02 + 0.5
+    assert not ort["text_per_image"] and by_name["pytorch sowlv2"]["text_per_image"]
+    assert [len(b) for b in ort["boxes"].values()] == [3]  # exactly --boxes boxes decoded
+
+
+def test_targets_follow_from_the_measurements(report):
+    data, _ = report
+    by_name = {r["name"]: r for r in data["results"]}
+    t = data["targets"]
+    ratio = by_name["onnxruntime fp32"]["images_per_s"] / by_name["pytorch fair"]["images_per_s"]
+    assert t["onnxruntime_fp32_vs_pytorch_fair"]["value"] == pytest.approx(ratio)
+    ort = by_name["onnxruntime fp32"]
+    share = sum(ort["stages_ms"][s] for s in ("preprocess", "owl_head_post", "mask_post")) / ort["per_image_ms"]
+    assert t["pre_post_share_onnxruntime_fp32"]["value"] == pytest.approx(share)
+    sweep = t["prompt_sweep_difference"]["ms_per_image"]
+    assert set(sweep) == {"1", "3"} and all(v > 0 for v in sweep.values())
+    assert t["prompt_sweep_difference"]["value"] == pytest.approx(abs(sweep["3"] - sweep["1"]) / sweep["1"])
+
+
+def test_markdown_table_and_chart_are_written(report):
+    data, out = report
+    table = (out / "benchmark.md").read_text()
+    assert "| stage (ms) | onnxruntime fp32 | pytorch fair | pytorch sowlv2 |" in table
+    assert "| speed-up vs pytorch fair |" in table and "command: `" in table
+    for s in PIPELINE_STAGES:
+        assert f"| {s}" in table
+    with Image.open(out / "benchmark.png") as im:
+        assert im.format == "PNG" and im.width >= 600 and im.height >= 200
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is importable here: nothing is skipped for its absence")
+def test_a_missing_backend_is_skipped_loudly_with_its_reason(report):
+    data, _ = report
+    assert any(s.startswith("tensorrt: ") and "tensorrt is not importable" in s for s in data["skipped"]), data["skipped"]
+
+
+@pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is importable here")
+def test_a_requested_backend_that_cannot_run_is_an_error(tiny_artifact, tmp_path):
+    r = benchmark("--engines", tiny_artifact, "--backends", "tensorrt", "--precisions", "fp32", "--torch", "off",
+                  "--out", tmp_path, check=None)
+    assert "cannot benchmark tensorrt fp32: backend tensorrt was requested but tensorrt is not importable" in one_error_line(r)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_input_is_one_line(tiny_artifact, tmp_path):
+    r = benchmark("--engines", tmp_path / "nope", "--torch", "off", "--out", tmp_path / "o", check=None)
+    assert "nope" in one_error_line(r)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = benchmark("--engines", tiny_artifact, "--images", empty, "--torch", "off", "--out", tmp_path / "o", check=None)
+    assert f"--images {empty}: no readable images" in one_error_line(r)
+    r = benchmark("--engines", tiny_artifact, "--runs", "0", check=None)
+    assert "--runs must be at least 1" in one_error_line(r)
+    r = benchmark("--engines", tiny_artifact, "--precisions", "int8", "--backends", "onnxruntime", "--torch", "off",
+                  "--out", tmp_path / "o", check=None)
+    assert "cannot benchmark onnxruntime int8" in one_error_line(r) and "has no int8 graphs" in one_error_line(r)
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,477 @@
+"""Per-stage latency and images/s of the runtime on every available backend and precision, and of
+the PyTorch reference pipeline run two ways.
+
+    python -m tools.benchmark --engines DIR [--images DIR] [--prompts 4] [--boxes 8] [--runs 3]
+                              [--backends onnxruntime tensorrt] [--precisions fp32 fp16 int8]
+                              [--torch auto|on|off] [--prompt-sweep 1 8] [--threads N] [--out DIR]
+
+Writes ``benchmark.json``, ``benchmark.md`` (the table, also printed) and ``benchmark.png`` (per-stage
+time per backend) into ``--out``. Every image goes through ``Pipeline.predict`` with threshold 0 and
+``max_detections=--boxes``, so every backend decodes exactly that many boxes whatever the weights.
+Stages (``runtime.profiling.PIPELINE_STAGES``): pre-processing, text (per prompt set: cached, so not
+part of the per-image time), OWL image, head + post-processing, SAM2 image, decoder, mask
+post-processing; "per image" is the measured wall time of ``predict`` (median over runs x images).
+
+The PyTorch reference loads the checkpoints the artifact was exported from (``manifest.sources``, or
+``--owl-model/--sam-model``) and runs ``tools.torch_baseline``'s stages on the same images, prompts and
+boxes: *fair* (text cached, one SAM2 encoder pass per image, all boxes in one decoder call) and
+*sowlv2* (text per image, a SAM2 encoder pass per box, as SOWLv2 runs it). ``--torch auto`` runs it
+when torch and transformers import; ``on`` requires it.
+
+A backend or precision that was asked for and cannot run is an error; with the defaults ("every
+available") what is skipped is printed and recorded with the reason. ``--prompt-sweep`` times the
+first backend at each prompt count (text cached) to show that prompts cost nothing per image.
+Measurements only: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.errors import ArtifactError, OneLineArgumentParser, UserError, run_cli
+from runtime.manifest import PRECISIONS, load_manifest
+from runtime.profiling import DECODER, MASK_POST, OWL_HEAD_POST, PIPELINE_STAGES, PREPROCESS
+
+BACKENDS = ("onnxruntime", "tensorrt")
+TEXT = "owl_text"
+#: Stages counted as pre- and post-processing for the "<= 10 % of the total" target (conservative:
+#: the OWL head graph is inside its post-processing stage).
+PRE_POST = (PREPROCESS, OWL_HEAD_POST, MASK_POST)
+WORDS = ("cat", "dog", "person", "car", "bicycle", "tree", "bottle", "chair", "bird", "boat", "cup", "horse",
+         "laptop", "umbrella", "clock", "traffic light")
+DEFAULT_IMAGE_HW = (720, 1280)
+
+
+def prompt_list(n: int) -> list[str]:
+    return [WORDS[i] if i < len(WORDS) else f"object {i}" for i in range(n)]
+
+
+def load_images(folder: str | None, limit: int) -> list[tuple[str, np.ndarray]]:
+    """``(name, HxWx3 uint8)`` of up to ``limit`` images of ``folder`` (unreadable ones reported and
+    skipped), or one generated 1280x720 image."""
+    from runtime.images import load_image
+    from runtime.video_io import IMAGE_SUFFIXES
+
+    if folder is None:
+        from tools.synthetic import synthetic_image
+
+        return [("synthetic-1280x720", synthetic_image(*DEFAULT_IMAGE_HW, seed=0))]
+    path = Path(folder)
+    if not path.is_dir():
+        raise UserError(f"--images {folder}: not a folder; pass a folder of images (or leave it out for a generated one)")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = []
+    for f in files[:limit]:
+        try:
+            images.append((f.name, load_image(f)))
+        except UserError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+    if not images:
+        raise UserError(f"--images {folder}: no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                        "pass a folder of images")
+    return images
+
+
+# ----------------------------------------------------------------------------------------------
+# What to run
+
+
+def plan_runs(engines: Path, backends: Sequence[str] | None, precisions: Sequence[str] | None
+              ) -> tuple[list[tuple[str, str]], list[str]]:
+    """``([(backend, precision)], [skip reasons])``. Requested combinations must all run; the
+    default (``None``: all) skips what this machine or artifact lacks, with the reason."""
+    from runtime.pipeline import choose_backend
+
+    manifest = load_manifest(engines)
+    runs, skipped = [], []
+    for backend in backends or BACKENDS:
+        for precision in precisions or PRECISIONS:
+            try:
+                choose_backend(manifest, backend, precision)
+            except (UserError, ArtifactError) as e:
+                if backends and precisions:
+                    raise UserError(f"cannot benchmark {backend} {precision}: {e}") from None
+                if type(e) is UserError:  # this machine lacks the backend: one line for all precisions
+                    skipped.append(f"{backend}: {e}")
+                    break
+                skipped.append(f"{backend} {precision}: {e}")
+                continue
+            runs.append((backend, precision))
+    if not runs:
+        raise UserError(f"nothing to benchmark in {engines}: " + "; ".join(skipped))
+    return runs, skipped
+
+
+# ----------------------------------------------------------------------------------------------
+# The runtime
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def bench_runtime(engines: Path, backend: str, precision: str, images: list[tuple[str, np.ndarray]],
+                  prompts: list[str], boxes: int, runs: int, warmup: int, threads: int | None) -> dict[str, Any]:
+    from runtime.pipeline import Pipeline
+
+    with Pipeline.load(engines, backend, precision, intra_op_threads=threads) as pipe:
+        texts = pipe.texts(prompts)
+        text_ms = []
+        for _ in range(max(runs, 1)):  # the text graph alone, cache cleared: the cost of a new prompt set
+            pipe.owl.clear_query_cache()
+            pipe.timer.reset()
+            pipe.owl.query_embeds(texts)
+            text_ms.append(pipe.timer.seconds[TEXT] * 1e3)
+        predict = dict(threshold=0.0, max_detections=boxes)
+        for _, image in images * warmup:
+            pipe.predict(image, prompts, **predict)
+        stage_samples: dict[str, list[float]] = {s: [] for s in PIPELINE_STAGES if s != TEXT}
+        wall, chosen_boxes = [], {}
+        for _ in range(runs):
+            for name, image in images:
+                pipe.timer.reset()
+                t0 = time.perf_counter()
+                result = pipe.predict(image, prompts, **predict)
+                wall.append((time.perf_counter() - t0) * 1e3)
+                for s in stage_samples:
+                    stage_samples[s].append(pipe.timer.seconds.get(s, 0.0) * 1e3)
+                chosen_boxes[name] = result.boxes
+        per_image = _median(wall)
+        return {
+            "name": f"{backend} {precision}", "kind": "runtime", "backend": backend, "precision": precision,
+            "reason": pipe.choice.reason, "stages_ms": {s: _median(v) for s, v in stage_samples.items()},
+            "text_ms": _median(text_ms), "text_per_image": False, "per_image_ms": per_image,
+            "images_per_s": 1e3 / per_image, "samples_ms": wall, "boxes": {k: v.tolist() for k, v in chosen_boxes.items()},
+        }
+
+
+def prompt_sweep(engines: Path, backend: str, precision: str, images: list[tuple[str, np.ndarray]], counts: Sequence[int],
+                 boxes: int, runs: int, threads: int | None) -> dict[str, float]:
+    """Per-image wall time (median) at each prompt count, text embeddings cached (one warm-up each)."""
+    from runtime.pipeline import Pipeline
+
+    out = {}
+    with Pipeline.load(engines, backend, precision, intra_op_threads=threads) as pipe:
+        for n in counts:
+            prompts = prompt_list(n)
+            pipe.predict(images[0][1], prompts, threshold=0.0, max_detections=boxes)
+            wall = []
+            for _ in range(runs):
+                for _, image in images:
+                    t0 = time.perf_counter()
+                    pipe.predict(image, prompts, threshold=0.0, max_detections=boxes)
+                    wall.append((time.perf_counter() - t0) * 1e3)
+            out[str(n)] = _median(wall)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The PyTorch reference (tools.torch_baseline's stages on the artifact's source checkpoints)
+
+
+def grid_boxes(h: int, w: int, n: int) -> list[list[float]]:
+    cols = max(1, int(np.ceil(np.sqrt(n))))
+    rows = int(np.ceil(n / cols))
+    cw, ch = w / cols, h / rows
+    return [[c * cw + 0.15 * cw, r * ch + 0.15 * ch, c * cw + 0.75 * cw, r * ch + 0.75 * ch]
+            for r, c in (divmod(i, cols) for i in range(n))]
+
+
+def torch_sources(engines: Path, owl_model: str | None, sam_model: str | None) -> tuple[str, str]:
+    sources = load_manifest(engines).data.get("sources") or {}
+    owl = owl_model or (sources.get("owl") or {}).get("model")
+    sam = sam_model or (sources.get("sam") or {}).get("model")
+    if not owl or not sam:
+        raise UserError(f"{engines}: the manifest names no source checkpoints; pass --owl-model and --sam-model "
+                        "(or --torch off)")
+    return owl, sam
+
+
+def bench_torch(owl_path: str, sam_path: str, images: list[tuple[str, np.ndarray]], prompts: list[str],
+                text_length: int, boxes_by_image: dict[str, list], boxes: int, runs: int, warmup: int,
+                device_name: str | None, threads: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    import torch
+    from PIL import Image
+    from transformers import Owlv2ForObjectDetection, Owlv2Processor, Sam2Model, Sam2Processor
+
+    from tools import torch_baseline as tb
+
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    try:
+        owl = Owlv2ForObjectDetection.from_pretrained(owl_path).eval().to(device)
+        owl_processor = Owlv2Processor.from_pretrained(owl_path)
+        sam = Sam2Model.from_pretrained(sam_path).eval().to(device)
+        sam_processor = Sam2Processor.from_pretrained(sam_path)
+    except OSError as e:
+        raise UserError(f"cannot load the PyTorch reference ({' '.join(str(e).split())[:200]}); pass --owl-model "
+                        "and --sam-model, or --torch off") from None
+    tokens = owl_processor(text=[prompts], return_tensors="pt", padding="max_length", max_length=text_length,
+                           truncation=True)
+    stage_samples: dict[str, list[float]] = {s: [] for s in tb.STAGES}
+    e2e: dict[str, list[float]] = {"fair": [], "sowlv2": []}
+    with torch.inference_mode():
+        for i, (name, image) in enumerate(images):
+            h, w = image.shape[:2]
+            pipe = tb.Pipeline(owl, owl_processor.image_processor, sam, sam_processor.image_processor, sam_processor,
+                               device, gpu_preprocess=False, image_hw=(h, w))
+            image_boxes = boxes_by_image.get(name) or grid_boxes(h, w, boxes)
+            inputs = (Image.fromarray(image), tokens["input_ids"], tokens["attention_mask"], image_boxes)
+            args = SimpleNamespace(runs=runs, warmup=warmup if i == 0 else 0, skip_e2e=False, verbose=False)
+            res = tb.run_mode(pipe, "eager-fp32", device, args, inputs)
+            if "error" in res:
+                raise UserError(f"the PyTorch reference failed on {name}: {res['error'].splitlines()[0]}")
+            for s, v in res["stages_samples_ms"].items():
+                stage_samples[s] += v
+            for k in e2e:
+                e2e[k] += res["e2e_samples_ms"][k]
+    med = {s: _median(v) for s, v in stage_samples.items()}
+    n = float(len(boxes_by_image.get(images[0][0]) or grid_boxes(1, 1, boxes)))
+    fair_stages = {PREPROCESS: med["preprocess_owl"] + med["preprocess_sam2"], "owl_image": med["owl_image"],
+                   OWL_HEAD_POST: med["owl_heads"] + med["owl_post"], "sam2_image": med["sam2_image"],
+                   DECODER: med["sam2_decoder"], MASK_POST: med["mask_post"]}
+    sowlv2_stages = {PREPROCESS: med["preprocess_owl"] + n * med["preprocess_sam2"], TEXT: med["owl_text"],
+                     "owl_image": med["owl_image"], OWL_HEAD_POST: med["owl_heads"] + med["owl_post"],
+                     "sam2_image": n * med["sam2_image"], DECODER: n * med["sam2_decoder_1box"],
+                     MASK_POST: n * med["mask_post_1box"]}
+    results = []
+    for way, stages, text_per_image in (("fair", fair_stages, False), ("sowlv2", sowlv2_stages, True)):
+        per_image = _median(e2e[way])
+        results.append({"name": f"pytorch {way}", "kind": f"pytorch-{way}", "backend": f"pytorch {device.type}",
+                        "precision": "fp32", "stages_ms": stages, "text_ms": med["owl_text"],
+                        "text_per_image": text_per_image, "per_image_ms": per_image, "images_per_s": 1e3 / per_image,
+                        "samples_ms": e2e[way]})
+    machine = {"torch": torch.__version__, "device": str(device), "torch_threads": torch.get_num_threads(),
+               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    return results, machine
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "cpu_count": os.cpu_count(), "numpy": np.__version__}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor() or None
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        info["load_average_1min"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return info
+
+
+def targets(results: list[dict[str, Any]], sweep: dict[str, float] | None) -> dict[str, Any]:
+    """The issue's performance targets, computed from the measurements (reported, not asserted)."""
+    by_name = {r["name"]: r for r in results}
+    ort, fair = by_name.get("onnxruntime fp32"), by_name.get("pytorch fair")
+    out: dict[str, Any] = {}
+    if ort and fair:
+        out["onnxruntime_fp32_vs_pytorch_fair"] = {"value": ort["images_per_s"] / fair["images_per_s"], "target": ">= 1.5"}
+    if ort:
+        share = sum(ort["stages_ms"].get(s, 0.0) for s in PRE_POST) / ort["per_image_ms"]
+        out["pre_post_share_onnxruntime_fp32"] = {"value": share, "target": "<= 0.10", "stages": list(PRE_POST)}
+    if sweep and len(sweep) >= 2:
+        lo, hi = (sweep[k] for k in sorted(sweep, key=int)[:: len(sweep) - 1])
+        out["prompt_sweep_difference"] = {"value": abs(hi - lo) / lo, "target": "<= 0.10", "ms_per_image": sweep}
+    return out
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    results = report["results"]
+    names = [r["name"] for r in results]
+    c, m = report["config"], report["machine"]
+    lines = [f"command: `{report['command']}`",
+             f"machine: {m.get('cpu')}, {m['cpu_count']} CPUs, Python {m['python']}, onnxruntime {m.get('onnxruntime')}"
+             + (f", torch {m['torch']['torch']} on {m['torch']['device']}" if m.get("torch") else "")
+             + f", 1-min load average at start {_fmt(m.get('load_average_1min'), 2)}",
+             f"setup: {c['images']} image(s) ({', '.join(c['image_sizes'])}), {c['prompts']} prompts, {c['boxes']} boxes "
+             f"per image, {c['runs']} run(s) after {c['warmup']} warm-up, median per image", "",
+             "| stage (ms) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for s in PIPELINE_STAGES:
+        label = "owl_text (per prompt set)" if s == TEXT else s
+        cells = []
+        for r in results:
+            v = r["stages_ms"].get(s) if s != TEXT else r["text_ms"]
+            cells.append(_fmt(v) + (" (per image)" if s == TEXT and r["text_per_image"] else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| **per image, measured** | " + " | ".join(f"**{_fmt(r['per_image_ms'])}**" for r in results) + " |")
+    lines.append("| **images/s** | " + " | ".join(f"**{_fmt(r['images_per_s'], 2)}**" for r in results) + " |")
+    fair = next((r for r in results if r["kind"] == "pytorch-fair"), None)
+    if fair:
+        lines.append("| speed-up vs pytorch fair | " + " | ".join(
+            f"{r['images_per_s'] / fair['images_per_s']:.2f}×" for r in results) + " |")
+    lines.append("")
+    for key, t in report["targets"].items():
+        value = f"{100 * t['value']:.1f} %" if "share" in key or "difference" in key else f"{t['value']:.2f}×"
+        lines.append(f"- target {key}: {value} (target {t['target']})"
+                     + (f"; ms per image by prompt count: {', '.join(f'{k}: {v:.1f}' for k, v in t['ms_per_image'].items())}"
+                        if "ms_per_image" in t else ""))
+    for s in report["skipped"]:
+        lines.append(f"- skipped {s}")
+    return "\n".join(lines) + "\n"
+
+
+def draw_chart(report: dict[str, Any], path: Path) -> None:
+    """Horizontal stacked bars: per-image milliseconds of each stage, one bar per backend."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("the chart needs matplotlib; pip install matplotlib (or pass --no-chart)") from None
+    results = report["results"]
+    fig, ax = plt.subplots(figsize=(10, 1.8 + 0.6 * len(results)), dpi=110)
+    left = np.zeros(len(results))
+    colours = plt.get_cmap("tab10").colors
+    for i, s in enumerate(PIPELINE_STAGES):
+        ms = np.array([r["stages_ms"].get(s, 0.0) if (s != TEXT or r["text_per_image"]) else 0.0 for r in results])
+        ax.barh(range(len(results)), ms, left=left, color=colours[i % len(colours)], label=s)
+        left += ms
+    for y, r in enumerate(results):
+        ax.text(left[y], y, f"  {r['per_image_ms']:.0f} ms, {r['images_per_s']:.2f} img/s", va="center", fontsize=8)
+    ax.set_yticks(range(len(results)), [r["name"] for r in results])
+    ax.invert_yaxis()
+    ax.set_xlim(0, left.max() * 1.3 if left.max() > 0 else 1)
+    ax.set_xlabel("milliseconds per image (stages; text only where it runs per image)")
+    c = report["config"]
+    ax.set_title(f"{c['prompts']} prompts, {c['boxes']} boxes per image — {report['machine'].get('cpu')}", fontsize=9)
+    ax.legend(fontsize=7, ncols=len(PIPELINE_STAGES), loc="upper center", bbox_to_anchor=(0.5, -0.2 - 0.4 / len(results)),
+              frameon=False)
+    fig.tight_layout()
+    _write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _torch_available() -> tuple[bool, str]:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return False, f"torch/transformers are not importable ({e}); pip install -e '.[export]'"
+    return True, ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = OneLineArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engines", required=True, help="the engines directory (python -m export.build --out)")
+    ap.add_argument("--images", default=None, help="a folder of images (default: one generated 1280x720 image)")
+    ap.add_argument("--max-images", type=int, default=8, help="use at most this many images of --images")
+    ap.add_argument("--prompts", type=int, default=4, help="number of text prompts")
+    ap.add_argument("--boxes", type=int, default=8, help="boxes decoded per image (top-scoring detections)")
+    ap.add_argument("--runs", type=int, default=3, help="timed passes over the images")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed passes first")
+    ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=None, help="default: every available one")
+    ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None, help="default: every one the artifact has")
+    ap.add_argument("--torch", choices=("auto", "on", "off"), default="auto", help="the PyTorch reference pipeline")
+    ap.add_argument("--torch-device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--owl-model", default=None, help="PyTorch reference OWLv2 (default: the manifest's source)")
+    ap.add_argument("--sam-model", default=None, help="PyTorch reference SAM2 (default: the manifest's source)")
+    ap.add_argument("--prompt-sweep", type=int, nargs="*", default=[1, 8],
+                    help="prompt counts timed on the first backend (nothing: skip)")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads of ONNX Runtime and PyTorch")
+    ap.add_argument("--out", default="benchmark", help="folder for benchmark.json, benchmark.md, benchmark.png")
+    ap.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    args = ap.parse_args(argv)
+    for flag in ("prompts", "boxes", "runs", "max_images"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or (args.threads is not None and args.threads < 1) or any(n < 1 for n in args.prompt_sweep):
+        ap.error("--warmup must be >= 0, --threads and --prompt-sweep counts >= 1")
+    engines = Path(args.engines)
+    use_torch, why_not = _torch_available()
+    if args.torch == "on" and not use_torch:
+        raise UserError(f"--torch on: {why_not}")
+    use_torch = use_torch and args.torch != "off"
+    if not use_torch and args.torch == "auto":
+        print(f"PyTorch reference skipped: {why_not}", file=sys.stderr)
+
+    runs, skipped = plan_runs(engines, args.backends, args.precisions)
+    for s in skipped:
+        print(f"skipped {s}", file=sys.stderr)
+    images = load_images(args.images, args.max_images)
+    prompts = prompt_list(args.prompts)
+    results: list[dict[str, Any]] = []
+    for backend, precision in runs:
+        print(f"[{backend} {precision}] {len(images)} image(s) x {args.runs} run(s)...", file=sys.stderr, flush=True)
+        r = bench_runtime(engines, backend, precision, images, prompts, args.boxes, args.runs, args.warmup, args.threads)
+        print(f"[{backend} {precision}] {r['per_image_ms']:.1f} ms per image, {r['images_per_s']:.2f} images/s",
+              file=sys.stderr, flush=True)
+        results.append(r)
+    sweep = None
+    if args.prompt_sweep:
+        print(f"[prompt sweep] {runs[0][0]} {runs[0][1]} at {args.prompt_sweep} prompts...", file=sys.stderr, flush=True)
+        sweep = prompt_sweep(engines, *runs[0], images, args.prompt_sweep, args.boxes, args.runs, args.threads)
+    machine = machine_info()
+    if use_torch:
+        owl_path, sam_path = torch_sources(engines, args.owl_model, args.sam_model)
+        print(f"[pytorch] {owl_path} + {sam_path}...", file=sys.stderr, flush=True)
+        text_length = int(load_manifest(engines).sizes["owl_text_length"])
+        torch_results, machine["torch"] = bench_torch(
+            owl_path, sam_path, images, prompts, text_length, results[0]["boxes"] if results else {}, args.boxes,
+            args.runs, args.warmup, args.torch_device, args.threads)
+        results += torch_results
+    report = {
+        "command": " ".join([Path(sys.executable).name, "-m", "tools.benchmark", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine,
+        "config": {"engines": str(engines), "images": len(images), "image_sizes": [f"{im.shape[1]}x{im.shape[0]}" for _, im in images],
+                   "prompts": args.prompts, "boxes": args.boxes, "runs": args.runs, "warmup": args.warmup,
+                   "threads": args.threads, "prompt_sweep": args.prompt_sweep},
+        "stages": list(PIPELINE_STAGES), "results": results, "skipped": skipped, "targets": targets(results, sweep),
+    }
+    out = Path(args.out)
+    table = markdown(report)
+    _write_atomic(out / "benchmark.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
+    _write_atomic(out / "benchmark.md", lambda f: f.write(table.encode()))
+    if not args.no_chart:
+        draw_chart(report, out / "benchmark.png")
+    print(table)
+    print(f"wrote {out / 'benchmark.json'}, {out / 'benchmark.md'}" + ("" if args.no_chart else f", {out / 'benchmark.png'}"),
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
