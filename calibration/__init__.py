@@ -6,6 +6,8 @@
   preprocessing; downstream graphs (``owl_head``, the SAM2 decoders) get theirs by running the
   upstream FP32 graphs in ONNX Runtime, boxes for the decoders from OWLv2 detections topped up with
   random plausible boxes;
+* :mod:`calibration.video` records the inputs of SAM2's video graphs by running the FP32 tracker
+  over short clips made of the calibration images (a slow camera move into each);
 * :mod:`calibration.cache` keeps the activation scales of each graph in the artifact
   (``calibration/<graph>.json``), keyed by the graph's sha256, its upstream graphs' and the
   calibration set's, so that a re-run with the same inputs reuses them;

@@ -9,7 +9,12 @@
 * ``sam2_decoder`` / ``sam2_decoder_multimask``: the FP32 ``sam2_image`` outputs of each image
   with ``boxes_per_image`` boxes: the best-scoring OWLv2 detections of the image (the FP32 OWL
   graphs on the calibration prompts, as the pipeline would prompt SAM2), topped up with random
-  plausible boxes (log-uniform sides from 3 % to 100 % of the image, seeded per image).
+  plausible boxes (log-uniform sides from 3 % to 100 % of the image, seeded per image);
+* SAM2's video graphs (an artifact exported with ``--video``; needs the artifact's ``sizes``):
+  ``sam2_prompt_decoder`` takes the decoders' inputs (a frame's features and the boxes that start
+  objects) and shares their feeds; the memory attention, tracking decoder, object pointer and
+  memory encoder get the calls the FP32 tracker makes on short clips made of the calibration
+  images (:mod:`calibration.video`).
 
 Everything is computed on demand and kept until :meth:`CalibrationInputs.close`; ``feeds(graph,
 limit=1)`` costs one image (what ModelOpt needs for its placement analysis when the ranges are
@@ -28,8 +33,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from calibration.images import CalibrationImages
+from calibration.video import RECORDED_GRAPHS, VIDEO_SIZES, VideoClips, VideoRecording
 from runtime.backends.onnxruntime import OrtGraph
-from runtime.graphs import GRAPHS, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
+from runtime.graphs import (DYNAMIC_DIMS, GRAPHS, NUM_BOXES, NUM_OBJECTS, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER,
+                            SAM2_DECODER_MULTIMASK, SAM2_IMAGE, SAM2_PROMPT_DECODER, SAM2_VIDEO_GRAPHS)
 from runtime.manifest import TOKENIZER_DIR, graph_file_name
 from runtime.preprocessing import (OwlPreprocessing, Sam2Preprocessing, boxes_to_sam2_input, postprocess_owl,
                                    preprocess_owl, preprocess_sam2)
@@ -58,8 +65,22 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     SAM2_DECODER.name: (SAM2_IMAGE.name, OWL_TEXT.name, OWL_IMAGE.name, OWL_HEAD.name),
     SAM2_DECODER_MULTIMASK.name: (SAM2_IMAGE.name, OWL_TEXT.name, OWL_IMAGE.name, OWL_HEAD.name),
 }
+# SAM2's video graphs -> the FP32 graphs their inputs come from: the prompt decoder's are the decoders';
+# the tracker's calls depend on every graph it runs (memory attention's inputs, for one, are made by
+# the memory encoder, the object pointer and the decoders from what memory attention gave earlier)
+# and on the OWLv2 graphs that give the boxes
+VIDEO_UPSTREAM: dict[str, tuple[str, ...]] = {
+    SAM2_PROMPT_DECODER.name: UPSTREAM[SAM2_DECODER.name],
+    **{name: (SAM2_IMAGE.name, OWL_TEXT.name, OWL_IMAGE.name, OWL_HEAD.name,
+              *(g.name for g in SAM2_VIDEO_GRAPHS if g.name != name)) for name in RECORDED_GRAPHS},
+}
 # graphs whose inputs do not depend on the images
 _IMAGE_FREE = (OWL_TEXT.name,)
+
+
+def upstream(graph: str) -> tuple[str, ...]:
+    """The FP32 graphs whose outputs the calibration inputs of ``graph`` are made of."""
+    return UPSTREAM[graph] if graph in UPSTREAM else VIDEO_UPSTREAM[graph]
 
 
 def random_boxes_xyxy(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
@@ -73,7 +94,12 @@ def random_boxes_xyxy(rng: np.random.Generator, n: int, h: int, w: int) -> np.nd
 
 
 class CalibrationInputs:
-    """Per-graph calibration feeds for an exported (FP32) engines directory being built in ``root``."""
+    """Per-graph calibration feeds for an exported (FP32) engines directory being built in ``root``.
+
+    The video graphs need the artifact's ``sizes`` (with ``export.sam2_video``'s) and the maxima of
+    its ``num_objects`` / ``num_boxes`` profiles (``max_dims``), as the tracker is opened with them;
+    ``video`` says how the calibration images become clips.
+    """
 
     def __init__(
         self,
@@ -90,6 +116,9 @@ class CalibrationInputs:
         detection_threshold: float = 0.1,
         seed: int = 0,
         progress: bool = True,
+        sizes: Mapping[str, int] | None = None,
+        max_dims: Mapping[str, int] | None = None,
+        video: VideoClips = VideoClips(),
     ) -> None:
         self.root = Path(root)
         self.images = images
@@ -103,13 +132,18 @@ class CalibrationInputs:
         self.tokenizer = PromptTokenizer(self.root / TOKENIZER_DIR, text_length)
         self._graphs: dict[str, OrtGraph] = {}
         self._memo: dict[tuple[str, int], Any] = {}
+        self._video: VideoRecording | None = None
+        if sizes is not None and all(k in sizes for k in VIDEO_SIZES):
+            dims = {NUM_OBJECTS: DYNAMIC_DIMS[NUM_OBJECTS].max, NUM_BOXES: DYNAMIC_DIMS[NUM_BOXES].max, **(max_dims or {})}
+            self._video = VideoRecording(self, sizes, dims[NUM_OBJECTS], dims[NUM_BOXES], video)
 
     # --- what the cache key needs -----------------------------------------------------------
     def supports(self, graph: str) -> bool:
-        return graph in UPSTREAM
+        return graph in UPSTREAM or (graph in VIDEO_UPSTREAM and self._video is not None)
 
-    def settings(self) -> dict[str, Any]:
-        return {
+    def settings(self, graph: str | None = None) -> dict[str, Any]:
+        """The settings the inputs of ``graph`` depend on (None: of every supported graph)."""
+        base = {
             "prompts_sha256": hashlib.sha256(json.dumps(self.texts).encode()).hexdigest(),
             "prompts_per_run": self.prompts_per_run,
             "boxes_per_image": self.boxes_per_image,
@@ -118,19 +152,27 @@ class CalibrationInputs:
             "owl_preprocessing": self.owl.to_dict(),
             "sam_preprocessing": self.sam.to_dict(),
         }
+        if self._video is not None and (graph is None or graph in RECORDED_GRAPHS):
+            base["video"] = self._video.record()
+        return base
 
     def depends_on_images(self, graph: str) -> bool:
         return graph not in _IMAGE_FREE
 
     def runs(self, graph: str) -> int:
-        """How many calibration runs ``feeds(graph)`` gives."""
+        """How many calibration runs ``feeds(graph)`` gives (for a recorded video graph: after tracking its clips)."""
+        if graph in RECORDED_GRAPHS and self.supports(graph):
+            return len(self.feeds(graph))
         return self._num_text_runs() if graph == OWL_TEXT.name else len(self.images)
 
     # --- feeds ------------------------------------------------------------------------------
     def feeds(self, graph: str, limit: int | None = None) -> list[dict[str, np.ndarray]]:
         """One feed dict per calibration run of ``graph`` (the first ``limit`` of them)."""
-        if graph not in UPSTREAM:
-            raise KeyError(f"no calibration inputs are defined for graph {graph!r}")
+        if not self.supports(graph):
+            why = " (the video graphs need the artifact's sizes)" if graph in VIDEO_UPSTREAM else ""
+            raise KeyError(f"no calibration inputs are defined for graph {graph!r}{why}")
+        if graph in RECORDED_GRAPHS:
+            return self._video.feeds(graph, limit)
         n = self.runs(graph) if limit is None else min(limit, self.runs(graph))
         make: Callable[[int], dict[str, np.ndarray]] = {
             OWL_TEXT.name: self._text_feed,
@@ -139,16 +181,19 @@ class CalibrationInputs:
             SAM2_IMAGE.name: lambda i: {SAM2_IMAGE.input_names[0]: self._sam_pixels(i)},
             SAM2_DECODER.name: self._decoder_feed,
             SAM2_DECODER_MULTIMASK.name: self._decoder_feed,
+            SAM2_PROMPT_DECODER.name: self._decoder_feed,
         }[graph]
         return [make(i) for i in self._progress(range(n), f"calibration inputs of {graph}", graph)]
 
     def close(self) -> None:
         self._memo.clear()
         self._graphs.clear()
+        if self._video is not None:
+            self._video.close()
 
     # --- internals --------------------------------------------------------------------------
     def _progress(self, it, desc: str, graph: str):
-        upstream_work = bool(UPSTREAM[graph]) and len(it) > 1
+        upstream_work = bool(upstream(graph)) and len(it) > 1
         if not (self.progress and upstream_work):
             return it
         from tqdm import tqdm
@@ -230,12 +275,17 @@ class CalibrationInputs:
 
         return self._cached("detections", i, make)
 
-    def _decoder_feed(self, i: int) -> dict[str, np.ndarray]:
+    def decoder_boxes(self, i: int) -> np.ndarray:
+        """The ``boxes_per_image`` boxes the decoders are calibrated with on image ``i`` (xyxy image
+        pixels): OWLv2's best detections, then random plausible boxes (seeded by the image)."""
         h, w = self._hw(i)
         found = self._detections(i)
         rng = np.random.default_rng([self.seed, i])
         extra = random_boxes_xyxy(rng, self.boxes_per_image - len(found), h, w)
-        boxes = boxes_to_sam2_input(np.concatenate([found, extra]), (h, w), self.sam)[None]
+        return np.concatenate([found, extra])
+
+    def _decoder_feed(self, i: int) -> dict[str, np.ndarray]:
+        boxes = boxes_to_sam2_input(self.decoder_boxes(i), self._hw(i), self.sam)[None]
         feats = self._sam_features(i)
         feeds = {name: feats[out] for name, out in zip(SAM2_DECODER.input_names[:-1], SAM2_IMAGE.output_names,
                                                        strict=True)}
@@ -261,8 +311,8 @@ def calibration_key(graph: str, graph_sha: Mapping[str, str], inputs: Calibratio
     return {
         "graph": graph,
         "graph_sha256": graph_sha[graph],
-        "upstream_sha256": {u: graph_sha[u] for u in UPSTREAM[graph]},
+        "upstream_sha256": {u: graph_sha[u] for u in upstream(graph)},
         "images_sha256": inputs.images.digest if inputs.depends_on_images(graph) else None,
-        "settings": inputs.settings(),
+        "settings": inputs.settings(graph),
         "method": method,
     }

@@ -196,7 +196,8 @@ def build(args: argparse.Namespace) -> Path:
         precision_parity: dict[str, Any] = {}
         calibration_record = None
         if precisions:
-            outcome = _write_precisions(tmp, graphs, precisions, args, calib_images, owl_pre, sam_pre, sizes, say)
+            outcome = _write_precisions(tmp, graphs, precisions, args, calib_images, owl_pre, sam_pre, sizes, profiles,
+                                        say)
             for name, entries in outcome.entries.items():
                 records[name]["files"].update(entries)
             calibration_record = outcome.calibration
@@ -225,7 +226,7 @@ def build(args: argparse.Namespace) -> Path:
 
 
 def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.Namespace, calib_images, owl_pre,
-                      sam_pre, sizes: dict[str, int], say):
+                      sam_pre, sizes: dict[str, int], profiles, say):
     """FP16 / INT8 graphs of every exported graph, their parity (added to parity.json), or a
     ParityError naming the failures: nothing is written then."""
     from calibration.inputs import CalibrationInputs
@@ -237,7 +238,8 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
     inputs = None
     if calib_images is not None:
         inputs = CalibrationInputs(tmp, calib_images, owl_pre, sam_pre, sizes["owl_text_length"],
-                                   prompt_template=PROMPT_TEMPLATE, seed=args.seed)
+                                   prompt_template=PROMPT_TEMPLATE, seed=args.seed, sizes=sizes,
+                                   max_dims={d: r.max for d, r in profiles.items()})
     previous = args.out if is_artifact(args.out) else None
     outcome = write_precisions(tmp, graphs, precisions, file_record=file_record, inputs=inputs, previous=previous,
                                method=args.calib_method, seed=args.seed, say=say)

@@ -14,7 +14,9 @@ one FP32 ONNX file and writing one precision file, each testable alone (values u
   Conv/MatMul/Gemm and the fusible residual Adds; LayerNorm, Softmax and attention matmuls of long
   sequences left alone), calibrated with entropy (falling back to max, loudly and on record, where
   the histogram calibrator fails), then the FP16 step above on the Q/DQ graph so that everything
-  not quantized runs in FP16 under the same FP32 policy. Activation scales can be given instead of
+  not quantized runs in FP16 under the same FP32 policy. The calibration inputs come from
+  :mod:`calibration.inputs`; those of SAM2's memory modules are recorded from the FP32 tracker
+  (:mod:`calibration.video`). Activation scales can be given instead of
   calibrating (``scales``, from the cache in :mod:`calibration.cache`); the scales a calibration
   produced are returned so that the caller can cache them.
 
@@ -109,6 +111,18 @@ FP16_POLICY: dict[str, KeepFp32] = {
     "sam2_decoder_multimask": KeepFp32(
         _COMMON, _SAM_HEADS,
         "LayerNorm, Softmax, reductions; the IoU and object-score heads; the box-coordinate glue",
+    ),
+    # video: measured on the feeds the FP32 tracker gives them (calibration.video), tiny checkpoints
+    "sam2_prompt_decoder": KeepFp32(
+        _COMMON, _SAM_HEADS,
+        "as sam2_decoder (it is that decoder, plus the -1024 gate and the mask token): with only LayerNorm, "
+        "Softmax and reductions in FP32 the single-mask stability selection flipped on the tracker's prompts "
+        "(mask-logit cosine 0.854; 1.0 with the glue and heads in FP32)",
+    ),
+    "sam2_track_decoder": KeepFp32(
+        _COMMON, _SAM_HEADS,
+        "as sam2_decoder_multimask, plus the best-of-multimask choice by predicted IoU and the -1024 gate in "
+        "the glue (mask-logit cosine 0.999999 without, 1.0 with, on the tracker's calls)",
     ),
 }
 DEFAULT_POLICY = KeepFp32(_COMMON, (), "LayerNorm, Softmax and reductions (default for graphs without a measured policy)")
@@ -563,8 +577,14 @@ INT8_KEEP_FP16: dict[str, str] = {
     "sam2_decoder": "INT8 flips SAM2's single-mask stability selection (tiny: mask-logit cosine 0.39; full size "
                     "0.999) and the decoder costs ~1/10 of the encoder",
     "sam2_decoder_multimask": "as sam2_decoder: the decoder costs ~1/10 of the encoder, FP16 keeps its masks",
+    "sam2_prompt_decoder": "as sam2_decoder (it is that decoder, run once per new object): INT8 flips the single-mask "
+                           "stability selection (tiny, on the decoders' calibration feeds: mask-logit cosine 0.51)",
+    "sam2_track_decoder": "as sam2_decoder_multimask: graph cosine 0.9991 passes, but INT8 alone (FP32 elsewhere) moved "
+                          "the tiny tracker's masks to IoU 0.896 against FP32 (mean 0.960; 4 generated clips x 10 frames), "
+                          "below the INT8 mask acceptance 0.90, while the memory attention, memory encoder and object "
+                          "pointer together in INT8 keep 0.92 (the memory attention, over up to 7 memory frames, is "
+                          "the heavy one)",
 }
-NO_CALIBRATION_INPUTS = "no calibration inputs are defined for this graph yet (SAM2's video memory modules)"
 #: Calibration runs the INT8 parity check uses (the first ones: in-sample).
 INT8_PARITY_RUNS = 4
 
@@ -696,7 +716,8 @@ def write_precisions(
             if name in keep_fp16:
                 int8_plan[name] = keep_fp16[name]
             elif not inputs.supports(name):
-                int8_plan[name] = NO_CALIBRATION_INPUTS
+                raise ValueError(f"the calibration inputs have no feeds for {name} (the video graphs need the "
+                                 "artifact's sizes): nothing would calibrate it")
             else:
                 int8_plan[name] = None
     need_fp16 = [n for n in by_name if "fp16" in precisions or int8_plan.get(n)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tools.synthetic import synthetic_image
@@ -63,6 +62,19 @@ def tiny_precision_artifact(tiny_checkpoints, calibration_dir, tmp_path_factory)
     out = tmp_path_factory.mktemp("precision_artifact") / "tiny"
     main(["--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam),
           "--out", str(out), "--fp32", "--fp16", "--int8", "--calib-dir", str(calibration_dir),
+          "--calib-count", "6", "--engines", "skip"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_video_precision_artifact(tiny_checkpoints, calibration_dir, tmp_path_factory) -> Path:
+    """An engines directory exported with ``--fp16 --int8 --video --calib-dir``: every graph at every
+    precision, SAM2's memory modules calibrated on clips the FP32 tracker runs over the images."""
+    from export.build import main
+
+    out = tmp_path_factory.mktemp("video_precision_artifact") / "tiny"
+    main(["--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam),
+          "--out", str(out), "--fp32", "--fp16", "--int8", "--video", "--calib-dir", str(calibration_dir),
           "--calib-count", "6", "--engines", "skip"])
     return out
 
