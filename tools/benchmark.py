@@ -348,7 +348,7 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
     except ImportError:
         raise UserError("the chart needs matplotlib; pip install matplotlib (or pass --no-chart)") from None
     results = report["results"]
-    fig, ax = plt.subplots(figsize=(10, 1.8 + 0.6 * len(results)), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.6 * len(results)), dpi=110)
     left = np.zeros(len(results))
     colours = plt.get_cmap("tab10").colors
     for i, s in enumerate(PIPELINE_STAGES):
@@ -362,10 +362,12 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
     ax.set_xlim(0, left.max() * 1.3 if left.max() > 0 else 1)
     ax.set_xlabel("milliseconds per image (stages; text only where it runs per image)")
     c = report["config"]
-    ax.set_title(f"{c['prompts']} prompts, {c['boxes']} boxes per image — {report['machine'].get('cpu')}", fontsize=9)
-    ax.legend(fontsize=7, ncols=len(PIPELINE_STAGES), loc="upper center", bbox_to_anchor=(0.5, -0.2 - 0.4 / len(results)),
-              frameon=False)
-    fig.tight_layout()
+    m = report["machine"]
+    ax.set_title(f"{c['prompts']} prompts, {c['boxes']} boxes per image — {m.get('cpu')}, {m['cpu_count']} CPUs"
+                 + (f", PyTorch on {m['torch']['device']}" if m.get("torch") else ""), fontsize=9)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, ncols=len(PIPELINE_STAGES), loc="lower center",
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     _write_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
 
@@ -376,6 +378,9 @@ def _write_atomic(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets, not results
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
