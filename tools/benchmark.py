@@ -239,7 +239,7 @@ def bench_torch(owl_path: str, sam_path: str, images: list[tuple[str, np.ndarray
             for k in e2e:
                 e2e[k] += res["e2e_samples_ms"][k]
     med = {s: _median(v) for s, v in stage_samples.items()}
-    n = float(len(boxes_by_image.get(images[0][0]) or grid_boxes(1, 1, boxes)))
+    n = float(len(boxes_by_image.get(images[0][0]) or ()) or boxes)  # boxes per image: SOWLv2's encoder passes
     fair_stages = {PREPROCESS: med["preprocess_owl"] + med["preprocess_sam2"], "owl_image": med["owl_image"],
                    OWL_HEAD_POST: med["owl_heads"] + med["owl_post"], "sam2_image": med["sam2_image"],
                    DECODER: med["sam2_decoder"], MASK_POST: med["mask_post"]}
