@@ -122,3 +122,20 @@ def test_bad_input_is_one_line(tiny_artifact, tmp_path):
                   "--out", tmp_path / "o", check=None)
     assert "cannot benchmark onnxruntime int8" in one_error_line(r) and "has no int8 graphs" in one_error_line(r)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_of_images_of_any_size_with_a_bad_file(tiny_artifact, make_image, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(make_image(120, 200, seed=3)).save(images / "a.png")
+    Image.fromarray(make_image(90, 60, seed=4)).save(images / "b.jpg")
+    (images / "c.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    r = benchmark("--engines", tiny_artifact, "--images", images, "--runs", "2", "--warmup", "0", "--boxes", "2",
+                  "--torch", "off", "--prompt-sweep", "--no-chart", "--out", out)
+    assert "skipped: " in r.stderr and "c.png" in r.stderr
+    data = json.loads((out / "benchmark.json").read_text())
+    assert data["config"]["image_sizes"] == ["200x120", "60x90"]
+    (ort,) = data["results"]
+    assert len(ort["samples_ms"]) == 4 and set(ort["boxes"]) == {"a.png", "b.jpg"}
+    assert "prompt_sweep_difference" not in data["targets"] and not (out / "benchmark.png").exists()
