@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +29,7 @@ class Detections:
 
 
 _QUERY = OWL_TEXT.outputs[0].name
+_BOXES = OWL_IMAGE.output_names[3]
 #: Prompt tuples whose text embeddings are kept: a server cycling through many prompt sets must not
 #: grow without bound; 256 tuples of 8 prompts at 512 floats are 4 MB.
 QUERY_CACHE_SIZE = 256
@@ -44,6 +45,9 @@ class OwlDetector:
         self.query_cache_size = max(int(query_cache_size), 1)
         self._queries: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
         self.timer = timer or StageTimer()
+        # TensorRT: a CUDA stream of the caller's on which ``image_features`` queues the image tower
+        # (see runtime.pipeline); None: graphs called with run()
+        self.stream = None
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner]) -> "OwlDetector":
@@ -66,11 +70,16 @@ class OwlDetector:
     def clear_query_cache(self) -> None:
         self._queries.clear()
 
-    def image_features(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def image_features(self, images: Sequence[np.ndarray]) -> Mapping[str, Any]:
+        """The image tower's outputs for a batch: arrays, or with ``stream`` set the queued call's
+        outputs (boxes come to the host when read; the head's inputs stay on the device)."""
         with self.timer(PREPROCESS):
             pixels = preprocess_owl(list(images), self.preprocessing)
+        feeds = {OWL_IMAGE.inputs[0].name: pixels}
         with self.timer(OWL_IMAGE.name):
-            return self.image.run({OWL_IMAGE.inputs[0].name: pixels})
+            if self.stream is None:
+                return self.image.run(feeds)
+            return self.image.enqueue(feeds, self.stream, host_outputs=(_BOXES,)).as_mapping()
 
     def detect(self, images: Sequence[np.ndarray], prompts: Sequence[str], threshold: float = 0.1) -> list[Detections]:
         """Detections for each image (HxWx3 uint8 RGB) of ``images`` against ``prompts``."""
@@ -78,7 +87,7 @@ class OwlDetector:
         feats = self.image_features(images)
         return self.detect_features(feats, [img.shape[:2] for img in images], queries, threshold)
 
-    def detect_features(self, features: dict[str, np.ndarray], image_hws: Sequence[Sequence[int]],
+    def detect_features(self, features: Mapping[str, Any], image_hws: Sequence[Sequence[int]],
                         queries: np.ndarray, threshold: float = 0.1) -> list[Detections]:
         """Detections from ``image_features`` outputs (one per image size in ``image_hws``) and
         ``query_embeds`` outputs: the class head and post-processing, for callers that run the

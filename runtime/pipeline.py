@@ -293,13 +293,20 @@ def check_prompts(prompts: Any) -> tuple[str, ...]:
 class Pipeline:
     """OWLv2 detection + SAM2 segmentation on an engines directory. Create with :meth:`load`.
 
-    ``concurrent``: run the OWLv2 image tower and the SAM2 encoder of a batch at the same time (the
-    SAM2 encoder on a helper thread). Default: on for TensorRT (separate streams; the engines overlap
-    on the GPU), off for ONNX Runtime on CPU. Measured with full-size random-weight graphs
-    (OWLv2-B/16 @960, SAM2.1 hiera-small @1024) pinned to 2 cores, medians of 3: one after the other
-    7.0 s, concurrently 7.5 s (2 intra-op threads each) and 9.3 s (1 thread each): both sessions are
-    compute-bound and fight for the same cores. One after the other also lets the SAM2 encoder be
-    skipped for images without detections.
+    ``concurrent``: run the OWLv2 image tower and the SAM2 encoder of a batch at the same time.
+    Default: on for TensorRT, off for ONNX Runtime on CPU. Measured with full-size random-weight
+    graphs (OWLv2-B/16 @960, SAM2.1 hiera-small @1024) pinned to 2 cores, medians of 3: one after
+    the other 7.0 s, concurrently (the SAM2 encoder on a helper thread) 7.5 s (2 intra-op threads
+    each) and 9.3 s (1 thread each): both sessions are compute-bound and fight for the same cores.
+    One after the other also lets the SAM2 encoder be skipped for images without detections.
+
+    Streams (TensorRT, when every image graph has ``enqueue``): the pipeline owns two CUDA streams.
+    The OWLv2 image tower is queued on one, the SAM2 encoder on the other (before the host waits for
+    anything when ``concurrent``, so the two overlap on the GPU; no helper thread). The class head
+    and the decoder take the encoders' outputs on the device: each waits on its producer's event
+    (``cudaStreamWaitEvent``) and copies device to device; only OWLv2's boxes and the head's logits
+    (for the host's post-processing) and the decoder's outputs come back to the host. The SAM2
+    features never leave the GPU.
     """
 
     def __init__(self, manifest: Manifest, choice: BackendChoice, owl: OwlDetector, sam: Sam2Segmenter,
@@ -320,6 +327,13 @@ class Pipeline:
             concurrent = choice.backend == "tensorrt"
         self.concurrent = bool(concurrent)
         self._executor: ThreadPoolExecutor | None = None
+        self._streams: tuple = ()
+        graphs = (owl.image, owl.head, sam.image, sam.decoder)
+        if all(callable(getattr(g, "enqueue", None)) for g in graphs):  # TensorRT graphs
+            from runtime.backends.tensorrt import Stream
+
+            self._streams = (Stream(), Stream())
+            owl.stream, sam.stream = self._streams
 
     @property
     def backend(self) -> str:
@@ -368,10 +382,21 @@ class Pipeline:
         return cls(manifest, choice, owl, sam, concurrent=concurrent)
 
     # -- context management ------------------------------------------------------------------
+    @property
+    def on_streams(self) -> bool:
+        """Whether the encoders are queued on the pipeline's CUDA streams (TensorRT)."""
+        return bool(self._streams)
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._streams:
+            self.owl.stream = self.sam.stream = None
+            for stream in self._streams:
+                stream.synchronize()
+                stream.close()
+            self._streams = ()
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -454,7 +479,11 @@ class Pipeline:
                        nms_iou: float | None, max_detections: int | None, per_label: bool) -> list[Result]:
         hws = [im.shape[:2] for im in chunk]
         sam_feats = None
-        if self.concurrent:
+        if self._streams:  # both queued, on their own streams: they overlap on the GPU
+            owl_feats = self.owl.image_features(chunk)
+            if self.concurrent:
+                sam_feats = self.sam.image_features(chunk)
+        elif self.concurrent:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-encoder")
             future = self._executor.submit(self.sam.image_features, chunk)

@@ -9,7 +9,7 @@ a third of the logits to upsample. ``multimask=True`` picks the best of three by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +34,9 @@ class Sam2Segmenter:
         self.preprocessing = preprocessing
         self.max_boxes = max_boxes
         self.timer = timer or StageTimer()
+        # TensorRT: a CUDA stream of the caller's on which ``image_features`` queues the encoder,
+        # its outputs staying on the device for the decoder (see runtime.pipeline); None: run()
+        self.stream = None
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner],
@@ -43,18 +46,22 @@ class Sam2Segmenter:
         max_boxes = int(manifest.data["profiles"][NUM_BOXES]["max"])
         return cls(open_graph(SAM2_IMAGE), open_graph(decoder), pre, max_boxes)
 
-    def image_features(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """Encoder outputs for a batch of HxWx3 uint8 RGB images."""
+    def image_features(self, images: Sequence[np.ndarray]) -> Mapping[str, Any]:
+        """Encoder outputs for a batch of HxWx3 uint8 RGB images: arrays, or with ``stream`` set
+        device tensors of the queued call (the decoder waits for it on the device)."""
         with self.timer(PREPROCESS):
             pixels = preprocess_sam2(list(images), self.preprocessing)
+        feeds = {SAM2_IMAGE.inputs[0].name: pixels}
         with self.timer(SAM2_IMAGE.name):
-            return self.image.run({SAM2_IMAGE.inputs[0].name: pixels})
+            if self.stream is None:
+                return self.image.run(feeds)
+            return self.image.enqueue(feeds, self.stream, host_outputs=()).as_mapping()
 
     def segment(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> Masks:
         """Masks of ``image`` for each box (xyxy, input-image pixels)."""
         return self.segment_features(self.image_features([image]), 0, image.shape[:2], boxes_xyxy)
 
-    def segment_features(self, features: dict[str, np.ndarray], index: int, image_hw: Sequence[int],
+    def segment_features(self, features: Mapping[str, Any], index: int, image_hw: Sequence[int],
                          boxes_xyxy: np.ndarray, clip_boxes: bool = True) -> Masks:
         """Masks for the boxes of image ``index`` of an encoded batch.
 

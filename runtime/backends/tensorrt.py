@@ -48,7 +48,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -471,6 +471,17 @@ class DeviceTensor:
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
+    def __getitem__(self, rows: slice) -> "DeviceTensor":
+        """Rows of the first (batch) dimension, without a copy: ``features[i : i + 1]`` of a batch
+        hands image ``i``'s features to a decoder as an array slice would."""
+        if not isinstance(rows, slice):
+            raise TypeError(f"a DeviceTensor is sliced by a slice of its first dimension, not {type(rows).__name__}")
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("a DeviceTensor slice must be contiguous (step 1)")
+        row_bytes = self.nbytes // self.shape[0] if self.shape[0] else 0
+        return replace(self, ptr=self.ptr + start * row_bytes, shape=(max(stop - start, 0), *self.shape[1:]))
+
 
 class _Binding:
     """One execution context on one stream, with device and pinned buffers sized for the maxima."""
@@ -579,6 +590,33 @@ class Pending:
         self._check_fresh()
         b = self._binding
         return DeviceTensor(b.device[name].ptr, self.shapes[name], b.engine.dtypes[name], b.done, b, self._generation)
+
+    def as_mapping(self) -> "QueuedOutputs":
+        """The outputs by name, as a graph's ``run()`` gives them: host arrays for ``host_outputs``
+        (the first read waits for this call), device tensors for the others."""
+        return QueuedOutputs(self)
+
+
+class QueuedOutputs(Mapping):
+    """:meth:`Pending.as_mapping`: code written for ``run()``'s dict of arrays reads a queued call's
+    outputs unchanged, and device outputs passed on to another graph never visit the host."""
+
+    def __init__(self, pending: Pending) -> None:
+        self._pending = pending
+        self._host: dict[str, np.ndarray] | None = None
+
+    def __getitem__(self, name: str):
+        if name in self._pending.host_outputs:
+            if self._host is None:
+                self._host = self._pending.outputs()
+            return self._host[name]
+        return self._pending.device(name)
+
+    def __iter__(self):
+        return iter(self._pending.shapes)
+
+    def __len__(self) -> int:
+        return len(self._pending.shapes)
 
 
 class TrtGraph:

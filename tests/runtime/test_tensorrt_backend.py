@@ -130,6 +130,21 @@ def test_missing_engine_names_the_fix(tmp_path):
         select_engine_record(manifest, "sam2_decoder", "fp16", TrtEnvironment("10.9.0.34", H100))
 
 
+def test_device_tensor_rows_are_pointer_offsets_without_a_copy():
+    """``features[i : i + 1]`` of a batch on the device: pure arithmetic on the pointer and shape."""
+    from runtime.backends.tensorrt import DeviceTensor
+
+    t = DeviceTensor(ptr=4096, shape=(3, 2, 5), dtype=np.dtype(np.float32), event=None, _binding=None, _generation=7)
+    row = t[1:2]
+    assert (row.ptr, row.shape, row.nbytes, row._generation) == (4096 + 40, (1, 2, 5), 40, 7)
+    assert (t[2:].ptr, t[2:].shape) == (4096 + 80, (1, 2, 5))
+    assert t[0:3].ptr == 4096 and t[0:3].nbytes == t.nbytes
+    with pytest.raises(ValueError, match="contiguous"):
+        t[::2]
+    with pytest.raises(TypeError, match="slice of its first dimension"):
+        t[1]
+
+
 def test_status_says_why_when_unavailable():
     ok, why = backend_status()
     assert isinstance(ok, bool) and why
@@ -427,3 +442,27 @@ def test_opener_checks_the_record_before_deserialising(tiny_engines, tmp_path):
     (root / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match=r"built with TensorRT 9\.9\.9, this runtime has TensorRT"):
         tensorrt_opener(load_manifest(root), "fp32")(OWL_IMAGE)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_pipeline_runs_on_two_streams_and_matches_onnxruntime(tiny_engines, make_image, concurrent):
+    """The image pipeline on TensorRT queues both encoders on its own streams (no graph's own run()
+    stream is ever made for them) and hands the SAM2 features to the decoder on the device."""
+    from runtime import Pipeline
+    from runtime.metrics import box_iou, mask_iou
+
+    images = [make_image(120, 160, seed=5), make_image(96, 64, seed=6)]
+    with Pipeline.load(tiny_engines, backend="onnxruntime") as ort_pipe:
+        ref = ort_pipe.predict_batch(images, ["cat", "dog"], threshold=0.0, max_detections=4)
+    with Pipeline.load(tiny_engines, backend="tensorrt", precision="fp32", concurrent=concurrent) as pipe:
+        assert pipe.on_streams
+        got = pipe.predict_batch(images, ["cat", "dog"], threshold=0.0, max_detections=4)
+        assert pipe.owl.image._own_stream is None and pipe.sam.image._own_stream is None
+        assert set(pipe.sam.image._bindings) == {pipe.sam.stream.ptr}
+        assert set(pipe.owl.image._bindings) == {pipe.owl.stream.ptr}
+    for r, g in zip(ref, got, strict=True):
+        assert len(g) == len(r) == 4
+        np.testing.assert_array_equal(g.labels, r.labels)
+        assert np.all(np.diag(box_iou(r.boxes, g.boxes)) >= 0.99)
+        assert np.all(mask_iou(r.masks, g.masks) >= 0.98)
