@@ -79,7 +79,10 @@ class OwlDetector:
         with self.timer(OWL_IMAGE.name):
             if self.stream is None:
                 return self.image.run(feeds)
-            return self.image.enqueue(feeds, self.stream, host_outputs=(_BOXES,)).as_mapping()
+            queued = self.image.enqueue(feeds, self.stream, host_outputs=(_BOXES,))
+            if self.timer.synchronize:
+                queued.event.synchronize()
+            return queued.as_mapping()
 
     def detect(self, images: Sequence[np.ndarray], prompts: Sequence[str], threshold: float = 0.1) -> list[Detections]:
         """Detections for each image (HxWx3 uint8 RGB) of ``images`` against ``prompts``."""

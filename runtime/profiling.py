@@ -7,9 +7,12 @@ call. ``tools.benchmark`` and ``tools.measure_tracking`` read it; users can too:
     pipe.predict(image, prompts)
     pipe.timer.per_frame_ms()   # {"preprocess": ..., "owl_image": ..., ...}
 
-On TensorRT a graph's span ends when its outputs are on the host, so it includes the copies; where
-the pipeline runs two graphs concurrently their spans overlap and the stages add up to more than the
-wall time.
+On TensorRT a graph's span ends when its outputs are on the host, so it includes the copies. A call
+the pipeline only queues on a CUDA stream (the two image encoders) returns at once: its GPU time
+shows up where the host next waits (head + post-processing, decoder), unless ``synchronize`` is
+set, which makes those spans wait for their call (exact stages, no overlap: for measuring only).
+Where the pipeline runs two graphs concurrently their spans overlap and the stages add up to more
+than the wall time.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class StageTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.frames = 0
+        self.synchronize = False  # queued (CUDA stream) calls wait inside their span: exact stages
 
     def __call__(self, stage: str) -> "_Span":
         return _Span(self, stage)

@@ -55,7 +55,10 @@ class Sam2Segmenter:
         with self.timer(SAM2_IMAGE.name):
             if self.stream is None:
                 return self.image.run(feeds)
-            return self.image.enqueue(feeds, self.stream, host_outputs=()).as_mapping()
+            queued = self.image.enqueue(feeds, self.stream, host_outputs=())
+            if self.timer.synchronize:
+                queued.event.synchronize()
+            return queued.as_mapping()
 
     def segment(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> Masks:
         """Masks of ``image`` for each box (xyxy, input-image pixels)."""

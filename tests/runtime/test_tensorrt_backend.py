@@ -461,6 +461,9 @@ def test_pipeline_runs_on_two_streams_and_matches_onnxruntime(tiny_engines, make
         assert pipe.owl.image._own_stream is None and pipe.sam.image._own_stream is None
         assert set(pipe.sam.image._bindings) == {pipe.sam.stream.ptr}
         assert set(pipe.owl.image._bindings) == {pipe.owl.stream.ptr}
+        pipe.timer.synchronize = True  # exact stages for measuring: same results
+        again = pipe.predict_batch(images, ["cat", "dog"], threshold=0.0, max_detections=4)
+        assert all(np.array_equal(a.masks, g.masks) for a, g in zip(again, got, strict=True))
     for r, g in zip(ref, got, strict=True):
         assert len(g) == len(r) == 4
         np.testing.assert_array_equal(g.labels, r.labels)
