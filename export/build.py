@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import OneLineArgumentParser, UserError, run_cli
+from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
 from runtime.graphs import DYNAMIC_DIMS, BATCH, NUM_BOXES, NUM_PROMPTS, GraphSpec, with_max
 from runtime.manifest import PARITY_NAME, MANIFEST_NAME, SCHEMA_VERSION, TOKENIZER_DIR, graph_file_name
 
@@ -38,16 +38,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fp16", action="store_true", help="also write FP16 mixed-precision graphs")
     p.add_argument("--int8", action="store_true", help="also write INT8 Q/DQ graphs (needs --calib-dir)")
     p.add_argument("--calib-dir", type=Path, help="folder of calibration images for --int8 (JPEG/PNG, any size)")
-    p.add_argument("--calib-count", type=_positive, default=None,
+    p.add_argument("--calib-count", type=whole_number(), default=None,
                    help="calibration images to use, spread over the folder (default 32, at least 4)")
     p.add_argument("--calib-method", choices=("entropy", "max"), default="entropy",
                    help="INT8 activation range calibration (entropy falls back to max, on record, where it fails)")
     p.add_argument("--video", action="store_true", help="also export SAM2's memory modules for tracking")
     p.add_argument("--engines", choices=("auto", "require", "skip"), default="auto",
                    help="build TensorRT engines: auto = where TensorRT and a GPU exist")
-    p.add_argument("--max-prompts", type=_positive, help=f"profile maximum of {NUM_PROMPTS}")
-    p.add_argument("--max-boxes", type=_positive, help=f"profile maximum of {NUM_BOXES}")
-    p.add_argument("--max-batch", type=_positive, help=f"profile maximum of {BATCH}")
+    p.add_argument("--max-prompts", type=whole_number(), help=f"profile maximum of {NUM_PROMPTS}")
+    p.add_argument("--max-boxes", type=whole_number(), help=f"profile maximum of {NUM_BOXES}")
+    p.add_argument("--max-batch", type=whole_number(), help=f"profile maximum of {BATCH}")
     p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs")
     p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
                    help="build TensorRT engines for an exported engines directory (no export)")
@@ -64,16 +64,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from runtime.backends import GraphRunner
+from runtime.backends import GraphRunner, run_or_queue
 from runtime.graphs import OWL_HEAD, OWL_IMAGE, OWL_TEXT, GraphSpec
 from runtime.manifest import TOKENIZER_DIR, Manifest
 from runtime.preprocessing import OwlPreprocessing, postprocess_owl, preprocess_owl
@@ -77,12 +77,7 @@ class OwlDetector:
             pixels = preprocess_owl(list(images), self.preprocessing)
         feeds = {OWL_IMAGE.inputs[0].name: pixels}
         with self.timer(OWL_IMAGE.name):
-            if self.stream is None:
-                return self.image.run(feeds)
-            queued = self.image.enqueue(feeds, self.stream, host_outputs=(_BOXES,))
-            if self.timer.synchronize:
-                queued.event.synchronize()
-            return queued.as_mapping()
+            return run_or_queue(self.image, feeds, self.stream, (_BOXES,), wait=self.timer.synchronize)
 
     def detect(self, images: Sequence[np.ndarray], prompts: Sequence[str], threshold: float = 0.1) -> list[Detections]:
         """Detections for each image (HxWx3 uint8 RGB) of ``images`` against ``prompts``."""

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from runtime.backends import GraphRunner
+from runtime.backends import GraphRunner, run_or_queue
 from runtime.graphs import NUM_BOXES, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE, GraphSpec
 from runtime.manifest import Manifest
 from runtime.preprocessing import Sam2Preprocessing, boxes_to_sam2_input, postprocess_sam2_masks, preprocess_sam2
@@ -53,12 +53,7 @@ class Sam2Segmenter:
             pixels = preprocess_sam2(list(images), self.preprocessing)
         feeds = {SAM2_IMAGE.inputs[0].name: pixels}
         with self.timer(SAM2_IMAGE.name):
-            if self.stream is None:
-                return self.image.run(feeds)
-            queued = self.image.enqueue(feeds, self.stream, host_outputs=())
-            if self.timer.synchronize:
-                queued.event.synchronize()
-            return queued.as_mapping()
+            return run_or_queue(self.image, feeds, self.stream, wait=self.timer.synchronize)
 
     def segment(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> Masks:
         """Masks of ``image`` for each box (xyxy, input-image pixels)."""

@@ -68,7 +68,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import OneLineArgumentParser, UserError, run_cli
+from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
 from tools.measure_fullsize import SAM_ARCHES
 from tools.measure_tracking import _size
 
@@ -305,41 +305,21 @@ def _modes(text: str) -> list[str]:
     return list(dict.fromkeys(modes))
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} is not positive")
-    return v
-
-
-def _non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} is negative")
-    return v
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineArgumentParser(prog="python -m tools.torch_tracking_baseline", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available, else cpu")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--arch", choices=tuple(SAM_ARCHES), help="random-weight architecture (default hiera-small)")
     src.add_argument("--model", help="a local Sam2VideoModel checkpoint directory instead of random weights")
-    p.add_argument("--objects", nargs="+", type=_positive, default=[1, 4, 16], help="object counts to time")
-    p.add_argument("--frames", type=_positive, default=20, help="timed frames per object count (median)")
-    p.add_argument("--warmup", type=_non_negative, default=DEFAULT_WARMUP,
+    p.add_argument("--objects", nargs="+", type=whole_number(), default=[1, 4, 16], help="object counts to time")
+    p.add_argument("--frames", type=whole_number(), default=20, help="timed frames per object count (median)")
+    p.add_argument("--warmup", type=whole_number(0), default=DEFAULT_WARMUP,
                    help=f"untimed tracked frames after the prompted one (at least num_maskmem - 1; default "
                         f"{DEFAULT_WARMUP} also fills the object pointers)")
     p.add_argument("--size", type=_size, default=(480, 640), help="frame HEIGHTxWIDTH")
     p.add_argument("--modes", type=_modes, default=["eager-fp32", "autocast-fp16"],
                    help=f"comma list of {', '.join(MODES)}")
-    p.add_argument("--threads", type=_positive, help="torch.set_num_threads (default: PyTorch's)")
+    p.add_argument("--threads", type=whole_number(), help="torch.set_num_threads (default: PyTorch's)")
     p.add_argument("--seed", type=int, default=0, help="random weights' seed")
     p.add_argument("--json", help="also write the report here as JSON")
     args = p.parse_args(argv)

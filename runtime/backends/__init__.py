@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -35,3 +35,16 @@ def onnxruntime_opener(
                         disable_qdq_fusion=precision == "int8")
 
     return open_graph
+
+
+def run_or_queue(graph: GraphRunner, feeds: Mapping[str, Any], stream: Any = None, host_outputs: Sequence[str] = (),
+                 wait: bool = False) -> Mapping[str, Any]:
+    """``graph.run(feeds)``; or, given a CUDA ``stream`` (TensorRT graphs), the call queued on it and
+    its outputs as ``Pending.as_mapping()`` gives them: ``host_outputs`` come to the host when read,
+    the others stay on the device for the next graph. ``wait`` blocks until the call is done."""
+    if stream is None:
+        return graph.run(feeds)
+    queued = graph.enqueue(feeds, stream, host_outputs=host_outputs)
+    if wait:
+        queued.event.synchronize()
+    return queued.as_mapping()

@@ -74,10 +74,10 @@ def test_the_configuration_and_machine_are_recorded(report, tiny_checkpoints):
 
 
 @pytest.mark.parametrize(("flags", "fragment"), [
-    (["--objects", "0"], "not positive"),
+    (["--objects", "0"], "must be at least 1"),
     (["--modes", "eager-fp32,fp8"], "unknown mode fp8"),
     (["--size", "8x8"], "too small"),
-    (["--frames", "x"], "not an integer"),
+    (["--frames", "x"], "not a whole number"),
     (["--arch", "hiera-large"], "invalid choice"),
     (["--arch", "hiera-tiny", "--model", "somewhere"], "not allowed with"),
     (["--model", "/nonexistent/sam2"], "has no config.json"),
