@@ -20,6 +20,13 @@ class ArtifactError(UserError):
     """An engines directory that is missing, incomplete, tampered with or built elsewhere."""
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line of at most 160 characters (its type name when empty),
+    to quote inside a ``UserError``."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run ``main`` and turn a UserError into one line on stderr and exit status 2."""
     try:

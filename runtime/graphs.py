@@ -376,8 +376,3 @@ SAM2_VIDEO_GRAPHS = (SAM2_PROMPT_DECODER, SAM2_MEMORY_ATTENTION, SAM2_TRACK_DECO
 # --- registry --------------------------------------------------------------------------------
 # Every graph; those with ``video=True`` are in an artifact only when it was exported with --video.
 GRAPHS: dict[str, GraphSpec] = {g.name: g for g in OWL_GRAPHS + SAM2_GRAPHS + SAM2_VIDEO_GRAPHS}
-
-
-def graphs_of(family: str, video: bool = False) -> list[GraphSpec]:
-    """The graphs of ``family``: the image graphs, plus the video ones if ``video``."""
-    return [g for g in GRAPHS.values() if g.family == family and (video or not g.video)]

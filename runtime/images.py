@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from runtime.errors import UserError
+from runtime.errors import UserError, one_line
 
 __all__ = ["load_image", "to_rgb_array"]
 
@@ -61,19 +61,14 @@ def _load_path(path: Path) -> np.ndarray:
     except UnidentifiedImageError:
         raise UserError(f"{path}: not an image file PIL can read; pass a JPEG, PNG, BMP, TIFF or WebP image") from None
     except Image.DecompressionBombError as e:
-        raise UserError(f"{path}: image too large to decode safely ({_one_line(e)}); downscale it first") from None
+        raise UserError(f"{path}: image too large to decode safely ({one_line(e)}); downscale it first") from None
     except PermissionError:
         raise UserError(f"{path}: permission denied; make the file readable") from None
     except UserError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as e:
         # PIL reports truncated/corrupt data with any of these depending on the codec.
-        raise UserError(f"{path}: the image data is truncated or corrupt ({_one_line(e)}); re-save or re-download the file") from None
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+        raise UserError(f"{path}: the image data is truncated or corrupt ({one_line(e)}); re-save or re-download the file") from None
 
 
 def _from_pil(im: Image.Image, name: str) -> np.ndarray:
@@ -86,13 +81,13 @@ def _from_pil(im: Image.Image, name: str) -> np.ndarray:
     except Image.DecompressionBombError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as e:
-        raise UserError(f"{name}: the image data is truncated or corrupt ({_one_line(e)}); re-save or re-download the file") from None
+        raise UserError(f"{name}: the image data is truncated or corrupt ({one_line(e)}); re-save or re-download the file") from None
     if im.width == 0 or im.height == 0:
         raise UserError(f"{name}: the image is empty ({im.width}x{im.height}); pass an image with at least one pixel")
     try:
         im = ImageOps.exif_transpose(im)
     except Exception as e:  # malformed EXIF: PIL raises assorted types
-        raise UserError(f"{name}: cannot apply its EXIF orientation ({_one_line(e)}); strip or fix the EXIF data") from None
+        raise UserError(f"{name}: cannot apply its EXIF orientation ({one_line(e)}); strip or fix the EXIF data") from None
     return _pil_to_rgb(im, name)
 
 
@@ -119,7 +114,7 @@ def _pil_to_rgb(im: Image.Image, name: str) -> np.ndarray:
         else:
             rgb = im.convert("RGB")
     except (ValueError, OSError) as e:
-        raise UserError(f"{name}: cannot convert mode {mode} to RGB ({_one_line(e)}); save it as an RGB image") from None
+        raise UserError(f"{name}: cannot convert mode {mode} to RGB ({one_line(e)}); save it as an RGB image") from None
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 

@@ -18,6 +18,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of corresponding boolean masks ``a[i]``, ``b[i]``: ``[N]``; 1 where both are empty."""
-    inter = (a & b).reshape(len(a), -1).sum(1)
-    union = (a | b).reshape(len(a), -1).sum(1)
+    pixels = tuple(range(1, np.ndim(a)))  # sums over H, W: also right for N = 0
+    inter = (a & b).sum(axis=pixels)
+    union = (a | b).sum(axis=pixels)
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)

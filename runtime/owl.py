@@ -38,13 +38,13 @@ QUERY_CACHE_SIZE = 256
 class OwlDetector:
     def __init__(self, text: GraphRunner, image: GraphRunner, head: GraphRunner,
                  tokenizer: PromptTokenizer, preprocessing: OwlPreprocessing, *,
-                 query_cache_size: int = QUERY_CACHE_SIZE, timer: StageTimer | None = None) -> None:
+                 query_cache_size: int = QUERY_CACHE_SIZE) -> None:
         self.text, self.image, self.head = text, image, head
         self.tokenizer = tokenizer
         self.preprocessing = preprocessing
         self.query_cache_size = max(int(query_cache_size), 1)
         self._queries: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
-        self.timer = timer or StageTimer()
+        self.timer = StageTimer()  # the pipeline gives both models one timer
         # TensorRT: a CUDA stream of the caller's on which ``image_features`` queues the image tower
         # (see runtime.pipeline); None: graphs called with run()
         self.stream = None
@@ -90,9 +90,9 @@ class OwlDetector:
         """Detections from ``image_features`` outputs (one per image size in ``image_hws``) and
         ``query_embeds`` outputs: the class head and post-processing, for callers that run the
         image tower themselves (e.g. concurrently with the SAM2 encoder)."""
-        class_embeds, shift, scale, boxes, _objectness = (features[n] for n in OWL_IMAGE.output_names)
-        head_feeds = dict(zip(OWL_HEAD.input_names, (class_embeds, shift, scale, queries), strict=True))
-        with self.timer(OWL_HEAD_POST):
+        with self.timer(OWL_HEAD_POST):  # reading queued features waits for the image tower: timed here
+            class_embeds, shift, scale, boxes, _objectness = (features[n] for n in OWL_IMAGE.output_names)
+            head_feeds = dict(zip(OWL_HEAD.input_names, (class_embeds, shift, scale, queries), strict=True))
             (logits,) = self.head.run(head_feeds).values()
             out = []
             for i, hw in enumerate(image_hws):

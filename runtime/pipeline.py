@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from runtime.errors import ArtifactError, UserError
+from runtime.backends import close_graphs, onnxruntime_opener, recording_opener
+from runtime.errors import ArtifactError, UserError, one_line
 from runtime.graphs import BATCH, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
 from runtime.images import load_image
 from runtime.manifest import PRECISIONS, Manifest, load_manifest
@@ -87,7 +88,7 @@ def tensorrt_version() -> tuple[str | None, str]:
     try:
         import tensorrt
     except (ImportError, OSError) as e:  # OSError: the wheel is there, its shared libraries are not
-        return None, f"tensorrt is not importable ({_one_line(e)}); pip install 'owlsam-trt[trt]'"
+        return None, f"tensorrt is not importable ({one_line(e)}); pip install 'owlsam-trt[trt]'"
     version = str(getattr(tensorrt, "__version__", "0"))
     trt_backend = _trt_module()
     try:
@@ -106,19 +107,14 @@ def cuda_device() -> tuple[Any | None, str]:
     except UserError as e:
         return None, str(e)
     except Exception as e:  # a driver-less machine can raise from inside the bindings
-        return None, f"no usable CUDA driver ({_one_line(e)})"
+        return None, f"no usable CUDA driver ({one_line(e)})"
 
 
 def _tensorrt_opener() -> tuple[Callable[..., Any] | None, str]:
     try:
         return _trt_module().tensorrt_opener, ""
     except (ImportError, OSError, AttributeError) as e:
-        return None, f"the TensorRT backend of this toolkit does not load ({_one_line(e)})"
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+        return None, f"the TensorRT backend of this toolkit does not load ({one_line(e)})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,7 +162,7 @@ def _tensorrt_blocker(manifest: Manifest, precision: str, graphs: Sequence) -> t
     try:
         trt_backend = _trt_module()
     except (ImportError, OSError) as e:
-        return "environment", f"the TensorRT backend of this toolkit does not load ({_one_line(e)})", (), None
+        return "environment", f"the TensorRT backend of this toolkit does not load ({one_line(e)})", (), None
     version, why = tensorrt_version()
     if version is None:
         return "environment", why, (), None
@@ -210,8 +206,9 @@ def choose_backend(manifest: Manifest, backend: str = "auto", precision: str = "
 
     def lacks_precision(extra: str = "") -> ArtifactError:
         has = f"ONNX graphs at {', '.join(onnx_have) or 'no precision'}"
-        if engine_precisions(manifest):
-            has += f", TensorRT engines at {', '.join(engine_precisions(manifest))}"
+        engines_have = engine_precisions(manifest)
+        if engines_have:
+            has += f", TensorRT engines at {', '.join(engines_have)}"
         return ArtifactError(f"{manifest.root} has no {precision} graphs ({has}){extra}; "
                              f"choose one of those or re-export with python -m export.build --{precision}")
 
@@ -328,11 +325,16 @@ class Pipeline:
         self.concurrent = bool(concurrent)
         self._executor: ThreadPoolExecutor | None = None
         self._streams: tuple = ()
+        # Set by load: the graphs it opened (closed with the pipeline) and the function that opened
+        # them (the tracker's graphs are opened with it); a pipeline built here on the caller's
+        # models leaves their graphs to the caller.
+        self._graphs: tuple = ()
+        self._open_graph: Callable[[Any], Any] | None = None
         graphs = (owl.image, owl.head, sam.image, sam.decoder)
         if all(callable(getattr(g, "enqueue", None)) for g in graphs):  # TensorRT graphs
-            from runtime.backends.tensorrt import Stream
+            from runtime.backends.tensorrt import open_streams
 
-            self._streams = (Stream(), Stream())
+            self._streams = open_streams(2)
             owl.stream, sam.stream = self._streams
 
     @property
@@ -347,10 +349,12 @@ class Pipeline:
     def load(cls, engines_dir: str | os.PathLike, backend: str = "auto", precision: str = "fp32", *,
              multimask: bool = False, concurrent: bool | None = None,
              providers: Sequence[str] = ("CPUExecutionProvider",), intra_op_threads: int | None = None) -> "Pipeline":
-        """Verify the artifact at ``engines_dir``, choose the backend and open every graph.
+        """Verify the artifact at ``engines_dir``, choose the backend and open every graph (closed
+        by :meth:`close`).
 
-        ``providers``/``intra_op_threads`` apply to ONNX Runtime only. ``multimask`` uses the
-        three-mask decoder (best by predicted IoU) instead of the single-mask one.
+        ``providers``/``intra_op_threads`` apply to ONNX Runtime only (also to the graphs
+        :meth:`track` opens). ``multimask`` uses the three-mask decoder (best by predicted IoU)
+        instead of the single-mask one.
         """
         manifest = load_manifest(engines_dir)
         choice = choose_backend(manifest, backend, precision, multimask)
@@ -368,18 +372,23 @@ class Pipeline:
         log.info("%s: %s", manifest.root, choice.describe())
 
         if choice.backend == "onnxruntime":
-            from runtime.backends import onnxruntime_opener
-
             opener = onnxruntime_opener(manifest, choice.precision, providers=providers,
-                                        intra_op_threads=intra_op_threads, verify=False)
+                                        intra_op_threads=intra_op_threads)
         else:
             tensorrt_opener, why = _tensorrt_opener()
             if tensorrt_opener is None:  # checked by choose_backend; a race with an uninstall
                 raise UserError(why)
             opener = tensorrt_opener(manifest, choice.precision)
-        owl = OwlDetector.from_manifest(manifest, opener)
-        sam = Sam2Segmenter.from_manifest(manifest, opener, multimask=multimask)
-        return cls(manifest, choice, owl, sam, concurrent=concurrent)
+        opened: list = []
+        try:
+            owl = OwlDetector.from_manifest(manifest, recording_opener(opener, opened))
+            sam = Sam2Segmenter.from_manifest(manifest, recording_opener(opener, opened), multimask=multimask)
+            pipeline = cls(manifest, choice, owl, sam, concurrent=concurrent)
+        except BaseException:
+            close_graphs(opened)
+            raise
+        pipeline._graphs, pipeline._open_graph = tuple(opened), opener
+        return pipeline
 
     # -- context management ------------------------------------------------------------------
     @property
@@ -388,15 +397,21 @@ class Pipeline:
         return bool(self._streams)
 
     def close(self) -> None:
+        """Free the helper thread, the CUDA streams and the graphs :meth:`load` opened (TensorRT
+        engines' contexts and buffers; ONNX Runtime graphs have nothing to close)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        if self._streams:
-            self.owl.stream = self.sam.stream = None
-            for stream in self._streams:
-                stream.synchronize()
-                stream.close()
-            self._streams = ()
+        streams, self._streams = self._streams, ()
+        graphs, self._graphs = self._graphs, ()
+        try:
+            if streams:
+                from runtime.backends.tensorrt import close_streams
+
+                self.owl.stream = self.sam.stream = None
+                close_streams(streams)
+        finally:
+            close_graphs(graphs)  # after the streams: their work on the graphs' buffers is done
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -443,9 +458,10 @@ class Pipeline:
 
         prompts_t = check_prompts(prompts) if prompts else ()
         t = self.default_threshold if threshold is None else _check_threshold(threshold, "threshold")
-        tracker = Sam2Tracker.open(self.manifest, self.backend, self.precision, **tracker_options)
+        tracker = Sam2Tracker.open(self.manifest, self.backend, self.precision, open_graph=self._open_graph,
+                                   **tracker_options)
         queries = self.texts(prompts_t, wrap_prompts) if prompts_t else ()
-        with tracker, open_frames(source) as frames:  # the tracker's CUDA streams (TensorRT) close with it
+        with tracker, open_frames(source) as frames:  # the tracker's streams and graphs close with it
             yield from track(frames, tracker, self.owl, queries, boxes=boxes, redetect_every=redetect_every,
                              threshold=t)
 

@@ -29,11 +29,11 @@ class Masks:
 
 class Sam2Segmenter:
     def __init__(self, image: GraphRunner, decoder: GraphRunner, preprocessing: Sam2Preprocessing,
-                 max_boxes: int, timer: StageTimer | None = None) -> None:
+                 max_boxes: int) -> None:
         self.image, self.decoder = image, decoder
         self.preprocessing = preprocessing
         self.max_boxes = max_boxes
-        self.timer = timer or StageTimer()
+        self.timer = StageTimer()  # the pipeline gives both models one timer
         # TensorRT: a CUDA stream of the caller's on which ``image_features`` queues the encoder,
         # its outputs staying on the device for the decoder (see runtime.pipeline); None: run()
         self.stream = None

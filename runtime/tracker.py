@@ -45,7 +45,8 @@ with ``run()``; otherwise (ONNX Runtime, or a mix of backends) every graph is ca
   of the embedding. ``step(t+1)`` joins it (the host waits on its event) before any bank is read,
   and stores its bfloat16 memories in the objects' rings: until then frame t's memories are not
   in the banks. With more objects than ``objects_per_call``, all calls but the last are read in
-  ``step(t)``. ``reset`` drops an unjoined result; ``close`` frees the streams.
+  ``step(t)``. ``reset`` drops an unjoined result; ``close`` frees the streams (and the graphs
+  ``open`` opened).
 * The host waits only on the events of calls whose outputs it reads. Graph stage times are then
   the host's time to queue the calls, and the waits are timed as ``device wait``.
 
@@ -65,7 +66,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from runtime.backends import GraphRunner
+from runtime.backends import GraphRunner, close_graphs, recording_opener
 from runtime.errors import ArtifactError, UserError
 from runtime.graphs import (NUM_BOXES, NUM_OBJECTS, SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER,
                             SAM2_OBJECT_POINTER, SAM2_PROMPT_DECODER, SAM2_TRACK_DECODER, SAM2_VIDEO_GRAPHS,
@@ -254,15 +255,11 @@ class Sam2Tracker:
         self.timer = StageTimer()  # wall time per stage and frames, for measurements
         self.on_streams = runs_on_streams(self.graphs)
         self.streams = None  # (frame stream, memory stream) on TensorRT
+        self._owns_graphs = False  # set by open: close() then closes the graphs too
         if self.on_streams:
-            from runtime.backends.tensorrt import Stream
+            from runtime.backends.tensorrt import open_streams
 
-            frame_stream = Stream()
-            try:
-                self.streams = (frame_stream, Stream())
-            except BaseException:
-                frame_stream.close()
-                raise
+            self.streams = open_streams(2)
         log.info("tracking %s", "on two CUDA streams (TensorRT graphs)" if self.on_streams else "with run() per graph")
         self.reset()
 
@@ -281,22 +278,32 @@ class Sam2Tracker:
                    **options)
 
     @classmethod
-    def open(cls, manifest: Manifest, backend: str = "onnxruntime", precision: str = "fp32", **options) -> "Sam2Tracker":
+    def open(cls, manifest: Manifest, backend: str = "onnxruntime", precision: str = "fp32", *,
+             open_graph: Callable[[GraphSpec], GraphRunner] | None = None, **options) -> "Sam2Tracker":
         """``from_manifest`` with the graphs opened on ``backend`` ("onnxruntime" or "tensorrt", as
-        chosen for the image pipeline) at ``precision``."""
+        chosen for the image pipeline) at ``precision``, by ``open_graph`` when given (an opener of
+        that backend and precision, e.g. the image pipeline's, with its providers and threads). The
+        tracker owns these graphs: :meth:`close` closes them."""
         from runtime.backends import onnxruntime_opener
 
         if backend == "onnxruntime":
-            opener = onnxruntime_opener(manifest, precision)
+            opener = open_graph or onnxruntime_opener(manifest, precision)
             if options.get("objects_per_call") is None:
                 options["objects_per_call"] = ort_objects_per_call(manifest.sizes)
         elif backend == "tensorrt":
             from runtime.backends.tensorrt import tensorrt_opener
 
-            opener = tensorrt_opener(manifest, precision)
+            opener = open_graph or tensorrt_opener(manifest, precision)
         else:
             raise UserError(f"backend {backend!r} cannot track; use onnxruntime or tensorrt")
-        return cls.from_manifest(manifest, opener, **options)
+        opened: list[GraphRunner] = []
+        try:
+            tracker = cls.from_manifest(manifest, recording_opener(opener, opened), **options)
+        except BaseException:
+            close_graphs(opened)
+            raise
+        tracker._owns_graphs = True
+        return tracker
 
     def reset(self) -> None:
         self._unstored = None  # the last frame's memories, not yet in the banks (see _store_memories)
@@ -305,21 +312,26 @@ class Sam2Tracker:
         self.frame_index = 0
         self.frame_hw: tuple[int, int] | None = None
         self.memory_pos: np.ndarray | None = None
-        self._warned_full = False
 
     @property
     def num_objects(self) -> int:
         return len(self.tracks)
 
     def close(self) -> None:
-        """Free the tracker's CUDA streams (TensorRT; nothing to do on ONNX Runtime). The graphs
-        stay open: whoever opened them closes them."""
+        """Free the tracker's CUDA streams (TensorRT; nothing to do on ONNX Runtime), and the graphs
+        if :meth:`open` opened them; graphs given to the constructor or ``from_manifest`` stay
+        open: whoever opened them closes them."""
         self._unstored = None
-        if self.streams is not None:
-            for stream in self.streams:
-                stream.synchronize()
-                stream.close()
-            self.streams = None
+        streams, self.streams = self.streams, None
+        owned, self._owns_graphs = self._owns_graphs, False
+        try:
+            if streams is not None:
+                from runtime.backends.tensorrt import close_streams
+
+                close_streams(streams)
+        finally:
+            if owned:
+                close_graphs(self.graphs.values())  # after the streams: their work is done
 
     def __enter__(self) -> "Sam2Tracker":
         return self
@@ -358,7 +370,7 @@ class Sam2Tracker:
             pixels = preprocess_sam2([frame], self.preprocessing)
         feeds = {SAM2_IMAGE.input_names[0]: pixels}
         if not self.on_streams:
-            return {n: v[:1] for n, v in self._run(SAM2_IMAGE, feeds).items()}
+            return self._run(SAM2_IMAGE, feeds)
         encoded = self._enqueue(SAM2_IMAGE, feeds, host_outputs=())
         return {n: encoded.device(n) for n in SAM2_IMAGE.output_names}
 

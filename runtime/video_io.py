@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -113,7 +113,7 @@ def open_frames(source: Any, decoder: str = "auto") -> FrameSource:
         if source.ndim != 4:
             raise UserError(f"an array of frames must be (N, H, W, 3) uint8, got shape {source.shape}; "
                             "pass a video file, a folder or an iterable of frames")
-        source = list(source) if len(source) else []
+        source = list(source)
     try:
         iterator = iter(source)
     except TypeError:
@@ -253,8 +253,3 @@ def _first_line(e: BaseException) -> str:
     text = text.splitlines()[0] if text else type(e).__name__
     text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
     return re.sub(r":\s*'[^']*'$", "", text)
-
-
-def frames_of(source: Iterable[np.ndarray] | str | Path) -> FrameSource:
-    """``open_frames`` unless ``source`` already is a ``FrameSource``."""
-    return source if isinstance(source, FrameSource) else open_frames(source)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -18,19 +18,58 @@ class GraphRunner(Protocol):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+def check_feeds(spec: GraphSpec, feeds: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the missing and unexpected inputs when ``feeds`` are not
+    exactly the inputs of ``spec`` (every backend's ``run``/``enqueue`` checks this first)."""
+    names = spec.input_names
+    missing = [n for n in names if n not in feeds]
+    extra = [n for n in feeds if n not in names]
+    if missing or extra:
+        raise ValueError(f"{spec.name}: missing inputs {missing}, unexpected inputs {extra}")
+
+
+def close_graphs(graphs: Iterable[Any]) -> None:
+    """Close each graph that has ``close`` (TensorRT graphs; ONNX Runtime graphs have none), once
+    each even if listed twice; all are closed before the first error is raised again."""
+    seen: set[int] = set()
+    error: BaseException | None = None
+    for graph in graphs:
+        close = getattr(graph, "close", None)
+        if close is None or id(graph) in seen:
+            continue
+        seen.add(id(graph))
+        try:
+            close()
+        except BaseException as e:
+            error = error or e
+    if error is not None:
+        raise error
+
+
+def recording_opener(open_graph: Callable[[GraphSpec], Any], opened: list) -> Callable[[GraphSpec], Any]:
+    """``open_graph`` that also appends every graph it opens to ``opened``, for whoever owns
+    them to close them (:func:`close_graphs`), also when opening fails part-way."""
+
+    def open_and_record(spec: GraphSpec) -> Any:
+        graph = open_graph(spec)
+        opened.append(graph)
+        return graph
+
+    return open_and_record
+
+
 def onnxruntime_opener(
     manifest: Manifest,
     precision: str = "fp32",
     providers: Sequence[str] = ("CPUExecutionProvider",),
     intra_op_threads: int | None = None,
-    verify: bool = True,
 ) -> Callable[[GraphSpec], "OrtGraph"]:  # noqa: F821 - imported lazily
     """A function that opens a graph of ``manifest`` in ONNX Runtime, its files verified first
-    (``verify=False`` when the caller has just verified them, as ``Pipeline.load`` does)."""
+    (a file the manifest has already verified, unchanged since, is not hashed again)."""
     from runtime.backends.onnxruntime import OrtGraph
 
     def open_graph(spec: GraphSpec) -> OrtGraph:
-        path = manifest.graph_path(spec.name, precision, verify=verify)
+        path = manifest.graph_path(spec.name, precision)
         return OrtGraph(path, spec, providers=providers, intra_op_threads=intra_op_threads,
                         disable_qdq_fusion=precision == "int8")
 

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from runtime.backends import check_feeds
 from runtime.errors import UserError
 from runtime.graphs import GraphSpec
 
@@ -70,10 +71,7 @@ class OrtGraph:
         self._dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.spec.input_names if n not in feeds]
-        extra = [n for n in feeds if n not in self._dtypes]
-        if missing or extra:
-            raise ValueError(f"{self.spec.name}: missing inputs {missing}, unexpected inputs {extra}")
+        check_feeds(self.spec, feeds)
         arrays = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self.spec.input_names}
         outs = self.session.run(self.spec.output_names, arrays)
         return dict(zip(self.spec.output_names, outs, strict=True))

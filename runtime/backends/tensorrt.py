@@ -54,6 +54,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from runtime.backends import check_feeds
 from runtime.errors import ArtifactError, UserError
 from runtime.graphs import GraphSpec
 from runtime.manifest import Manifest
@@ -309,6 +310,26 @@ class Stream:
             self.handle = None
 
 
+def open_streams(n: int) -> tuple[Stream, ...]:
+    """``n`` new streams; if one cannot be made, those made before it are closed again."""
+    streams: list[Stream] = []
+    try:
+        for _ in range(n):
+            streams.append(Stream())
+    except BaseException:
+        for stream in streams:
+            stream.close()
+        raise
+    return tuple(streams)
+
+
+def close_streams(streams: Sequence[Stream]) -> None:
+    """Wait for the work queued on each of ``streams``, then destroy it."""
+    for stream in streams:
+        stream.synchronize()
+        stream.close()
+
+
 class Event:
     """A CUDA event without timing (cheaper to record and wait on)."""
 
@@ -562,11 +583,10 @@ class _Binding:
 class Pending:
     """The result of :meth:`TrtGraph.enqueue`: outputs once ``event`` completes."""
 
-    def __init__(self, binding: _Binding, shapes: dict[str, tuple[int, ...]],
-                 host_outputs: tuple[str, ...] | None = None) -> None:
+    def __init__(self, binding: _Binding, shapes: dict[str, tuple[int, ...]], host_outputs: Sequence[str]) -> None:
         self._binding, self._generation, self.shapes = binding, binding.generation, shapes
         # the outputs this call copied back to the host (the others are on the device only)
-        self.host_outputs = binding.engine.spec.output_names if host_outputs is None else tuple(host_outputs)
+        self.host_outputs = tuple(host_outputs)
 
     @property
     def event(self) -> Event:
@@ -641,10 +661,7 @@ class TrtGraph:
         """Queue one call on ``stream`` and return at once; device inputs are waited for on the device.
         Only the outputs named in ``host_outputs`` (default: all) are copied back to the host."""
         spec = self.spec
-        missing = [n for n in spec.input_names if n not in feeds]
-        extra = [n for n in feeds if n not in spec.input_names]
-        if missing or extra:
-            raise ValueError(f"{spec.name}: missing inputs {missing}, unexpected inputs {extra}")
+        check_feeds(spec, feeds)
         to_host = tuple(spec.output_names if host_outputs is None else host_outputs)
         unknown = [n for n in to_host if n not in spec.output_names]
         if unknown:
@@ -693,11 +710,11 @@ class TrtGraph:
     def _binding(self, stream: Stream) -> _Binding:
         if stream.handle is None:
             raise ValueError(f"{self.spec.name}: the stream was closed")
+        # Free the contexts and buffers of streams closed since (a new stream may reuse the handle)
+        for closed in [k for k, bound in self._bindings.items() if bound.stream.handle is None]:
+            self._bindings.pop(closed).close()
         key = stream.ptr
         b = self._bindings.get(key)
-        if b is not None and b.stream is not stream:  # a new stream that reuses a closed one's handle
-            b.close()
-            b = None
         if b is None:
             b = self._bindings[key] = _Binding(self.engine, stream)
         return b
