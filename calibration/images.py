@@ -27,6 +27,7 @@ import numpy as np
 
 from runtime.errors import UserError
 from runtime.images import load_image
+from runtime.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,6 @@ def spread_order(n: int, count: int) -> list[int]:
     chosen = sorted({int(i) for i in np.linspace(0, n - 1, count).round()}) if count > 0 else []
     chosen_set = set(chosen)
     return chosen + [i for i in range(n) if i not in chosen_set]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -160,7 +153,7 @@ def read_calibration_images(folder: str | os.PathLike, count: int = DEFAULT_CALI
     paths = [files[i] for i in chosen]
     h = hashlib.sha256()
     for p in paths:
-        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + _sha256(p).encode() + b"\n")
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + sha256_file(p).encode() + b"\n")
     return CalibrationImages(folder, paths, count, len(files), skipped, h.hexdigest())
 
 

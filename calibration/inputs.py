@@ -38,8 +38,9 @@ from runtime.backends.onnxruntime import OrtGraph
 from runtime.graphs import (DYNAMIC_DIMS, GRAPHS, NUM_BOXES, NUM_OBJECTS, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER,
                             SAM2_DECODER_MULTIMASK, SAM2_IMAGE, SAM2_PROMPT_DECODER, SAM2_VIDEO_GRAPHS)
 from runtime.manifest import TOKENIZER_DIR, graph_file_name
-from runtime.preprocessing import (OwlPreprocessing, Sam2Preprocessing, boxes_to_sam2_input, postprocess_owl,
-                                   preprocess_owl, preprocess_sam2)
+from runtime.owl import OwlDetector
+from runtime.preprocessing import (OwlPreprocessing, Sam2Preprocessing, boxes_to_sam2_input, preprocess_owl,
+                                   preprocess_sam2)
 from runtime.tokenizer import PromptTokenizer
 
 #: Everyday objects (COCO's categories and a few more): the text graph is calibrated on these.
@@ -83,11 +84,13 @@ def upstream(graph: str) -> tuple[str, ...]:
     return UPSTREAM[graph] if graph in UPSTREAM else VIDEO_UPSTREAM[graph]
 
 
-def random_boxes_xyxy(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
-    """``n`` valid xyxy boxes inside an ``h x w`` image, sides log-uniform from 3 % to 100 % of it."""
+def random_boxes_xyxy(rng: np.random.Generator, n: int | tuple[int, ...], h: int, w: int) -> np.ndarray:
+    """``n`` valid xyxy boxes inside an ``h x w`` image, sides log-uniform from 3 % to 100 % of it
+    (``n`` a shape: an array of that shape of boxes, e.g. ``(batch, num_boxes)``)."""
+    shape = (n, 2) if isinstance(n, (int, np.integer)) else (*n, 2)
     size = np.array([w, h], np.float64)
-    centre = rng.uniform(0.0, 1.0, (n, 2)) * size
-    side = size * np.exp(rng.uniform(np.log(_BOX_MIN_FRACTION), np.log(_BOX_MAX_FRACTION), (n, 2)))
+    centre = rng.uniform(0.0, 1.0, shape) * size
+    side = size * np.exp(rng.uniform(np.log(_BOX_MIN_FRACTION), np.log(_BOX_MAX_FRACTION), shape))
     lo = np.clip(centre - side / 2, 0.0, size - 1.0)
     hi = np.clip(centre + side / 2, lo + 1.0, size)
     return np.concatenate([lo, hi], axis=-1).astype(np.float32)
@@ -131,6 +134,7 @@ class CalibrationInputs:
         self.progress = progress
         self.tokenizer = PromptTokenizer(self.root / TOKENIZER_DIR, text_length)
         self._graphs: dict[str, OrtGraph] = {}
+        self._detector: OwlDetector | None = None
         self._memo: dict[tuple[str, int], Any] = {}
         self._video: VideoRecording | None = None
         if sizes is not None and all(k in sizes for k in VIDEO_SIZES):
@@ -187,6 +191,7 @@ class CalibrationInputs:
 
     def close(self) -> None:
         self._memo.clear()
+        self._detector = None
         self._graphs.clear()
         if self._video is not None:
             self._video.close()
@@ -211,28 +216,19 @@ class CalibrationInputs:
         return self._memo[(key, i)]
 
     def _image(self, i: int) -> np.ndarray:
-        return self.images.load(i)
+        """Image ``i``, decoded again (not kept); its size is kept for :meth:`_hw`."""
+        img = self.images.load(i)
+        self._memo[("hw", i)] = img.shape[:2]
+        return img
 
     def _owl_pixels(self, i: int) -> np.ndarray:
-        def make():
-            img = self._image(i)
-            self._memo[("hw", i)] = img.shape[:2]
-            return preprocess_owl([img], self.owl)
-
-        return self._cached("owl_pixels", i, make)
+        return self._cached("owl_pixels", i, lambda: preprocess_owl([self._image(i)], self.owl))
 
     def _sam_pixels(self, i: int) -> np.ndarray:
-        def make():
-            img = self._image(i)
-            self._memo[("hw", i)] = img.shape[:2]
-            return preprocess_sam2([img], self.sam)
-
-        return self._cached("sam_pixels", i, make)
+        return self._cached("sam_pixels", i, lambda: preprocess_sam2([self._image(i)], self.sam))
 
     def _hw(self, i: int) -> tuple[int, int]:
-        if ("hw", i) not in self._memo:
-            self._memo[("hw", i)] = self._image(i).shape[:2]
-        return self._memo[("hw", i)]
+        return self._cached("hw", i, lambda: self._image(i).shape[:2])
 
     def _num_text_runs(self) -> int:
         return math.ceil(len(self.texts) / self.prompts_per_run)
@@ -259,15 +255,20 @@ class CalibrationInputs:
         return self._cached("sam_features", i, lambda: self._graph(SAM2_IMAGE.name).run(
             {SAM2_IMAGE.input_names[0]: self._sam_pixels(i)}))
 
+    def _owl_detector(self) -> OwlDetector:
+        """The runtime's OWLv2 detector on the FP32 graphs (for its class head and post-processing)."""
+        if self._detector is None:
+            self._detector = OwlDetector(self._graph(OWL_TEXT.name), self._graph(OWL_IMAGE.name),
+                                         self._graph(OWL_HEAD.name), self.tokenizer, self.owl)
+        return self._detector
+
     def _detections(self, i: int) -> np.ndarray:
         """OWLv2's best boxes on image ``i`` (xyxy image pixels, clipped, at most half the boxes)."""
         def make():
-            feeds = self._head_feed(i)
-            (logits,) = self._graph(OWL_HEAD.name).run(feeds).values()
-            boxes_cxcywh = self._owl_features(i)[OWL_IMAGE.output_names[3]]
+            features, queries = self._owl_features(i), self._queries(i)
             h, w = self._hw(i)
-            boxes, scores, _ = postprocess_owl(logits[0], boxes_cxcywh[0], (h, w), self.detection_threshold)
-            boxes = boxes[np.argsort(-scores, kind="stable")]
+            (found,) = self._owl_detector().detect_features(features, [(h, w)], queries, self.detection_threshold)
+            boxes = found.boxes[np.argsort(-found.scores, kind="stable")]
             boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
             boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
             ok = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.images import DEFAULT_CALIBRATION_COUNT, IMAGE_SUFFIXES, list_image_files, read_calibration_images
-from runtime.errors import OneLineArgumentParser, UserError, run_cli
+from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
 from runtime.video_io import VideoReadError, open_frames
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ def _count_frames(path: Path) -> int:
             for _ in source:
                 n += 1
         except VideoReadError as e:
+            if not e.frames_read:
+                raise  # not even the first frame decodes: its one-line error says why
             n = e.frames_read
         return n
 
@@ -49,6 +51,8 @@ def frames_from_video(path: Path, out: Path, count: int, progress: bool = True) 
     from PIL import Image
 
     total = _count_frames(path)
+    if total < 1:
+        raise UserError(f"--from {path} has no frames; pass a video with frames, or a folder of images")
     wanted = sorted({int(i) for i in np.linspace(0, total - 1, min(count, total)).round()})
     written: list[Path] = []
     bar = None
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from", dest="source", required=True, type=Path, metavar="VIDEO|DIR",
                    help="a video file, or a folder of images (searched recursively)")
     p.add_argument("--out", required=True, type=Path, help="the calibration folder to write")
-    p.add_argument("--count", type=int, default=DEFAULT_CALIBRATION_COUNT,
+    p.add_argument("--count", type=whole_number(), default=DEFAULT_CALIBRATION_COUNT,
                    help=f"images to take, spread evenly (default {DEFAULT_CALIBRATION_COUNT})")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)

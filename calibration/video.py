@@ -201,11 +201,12 @@ class VideoRecording:
                          leave=False, file=sys.stderr)
         per_clip = max(1, -(-self.settings.runs // len(self.images)))
         keep = {0, *evenly(list(range(1, self.frames)), per_clip)}
-        for t in steps:
-            frame = clip_frame(image, t, self.frames, self.settings.zoom, self.settings.drift, direction)
-            for g in graphs.values():
-                g.active = t in keep
-            tracker.step(frame, boxes if t == 0 else None, dedupe=False)
+        with tracker:  # closed however the clip ends
+            for t in steps:
+                frame = clip_frame(image, t, self.frames, self.settings.zoom, self.settings.drift, direction)
+                for g in graphs.values():
+                    g.active = t in keep
+                tracker.step(frame, boxes if t == 0 else None, dedupe=False)
         del tracker, graphs
         return {name: zigzag(kept, shortest_first=c % 2 == 1) for name, kept in calls.items()}
 

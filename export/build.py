@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
-import json
 import logging
 import sys
 import time
@@ -24,6 +23,9 @@ log = logging.getLogger("export.build")
 
 PROMPT_TEMPLATE = "a photo of {}"
 DEFAULT_THRESHOLD = 0.1
+#: What ``--from DIR`` has no use for: options of the export, whose graphs DIR already holds.
+EXPORT_ONLY_OPTIONS = {"fp16": "--fp16", "int8": "--int8", "video": "--video", "calib_dir": "--calib-dir",
+                       "calib_count": "--calib-count", "calib_method": "--calib-method"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,8 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calib-dir", type=Path, help="folder of calibration images for --int8 (JPEG/PNG, any size)")
     p.add_argument("--calib-count", type=whole_number(), default=None,
                    help="calibration images to use, spread over the folder (default 32, at least 4)")
-    p.add_argument("--calib-method", choices=("entropy", "max"), default="entropy",
-                   help="INT8 activation range calibration (entropy falls back to max, on record, where it fails)")
+    p.add_argument("--calib-method", choices=("entropy", "max"), default=None,
+                   help="INT8 activation range calibration (default entropy; it falls back to max, on record, "
+                   "where it fails)")
     p.add_argument("--video", action="store_true", help="also export SAM2's memory modules for tracking")
     p.add_argument("--engines", choices=("auto", "require", "skip"), default="auto",
                    help="build TensorRT engines: auto = where TensorRT and a GPU exist")
@@ -86,6 +89,14 @@ def check_requests(args: argparse.Namespace) -> None:
                             "--engines skip and build on the target GPU with --from DIR --engines require")
 
 
+def check_from_request(args: argparse.Namespace) -> None:
+    """``--from DIR`` builds engines for the graphs DIR holds: refuse export options it would ignore."""
+    given = [flag for attr, flag in EXPORT_ONLY_OPTIONS.items() if getattr(args, attr) not in (None, False)]
+    if given:
+        raise UserError(f"--from DIR only builds engines for the graphs DIR holds, so {'/'.join(given)} would do "
+                        "nothing; drop them, or re-export without --from to change the graphs")
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in ("owlsam-trt", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "nvidia-modelopt"):
@@ -111,6 +122,7 @@ def build(args: argparse.Namespace) -> Path:
     from export.parity import check_export_parity, failures, format_table, ParityError
     from export.preprocessing import owl_preprocessing_from_processor, sam2_preprocessing_from_processor
     from export.sam2 import sam2_graph_exports, sam2_sizes
+    from export.trt_check import check_graph, raise_on_errors
 
     check_output_dir(args.out, args.force)
     t_start = time.perf_counter()
@@ -150,8 +162,7 @@ def build(args: argparse.Namespace) -> Path:
             name = graph.spec.name
             t0 = time.perf_counter()
             files = export_to_onnx(graph, tmp / graph_file_name(name, "fp32"), seed=args.seed)
-            from export.trt_check import check_graph, raise_on_errors  # fail before TensorRT would
-            raise_on_errors(check_graph(files[0]), files[0].name)
+            raise_on_errors(check_graph(files[0]), files[0].name)  # fail before TensorRT would
             t1 = time.perf_counter()
             graph_rows = check_export_parity(graph, files[0], seed=args.seed)
             rows += graph_rows
@@ -186,12 +197,11 @@ def build(args: argparse.Namespace) -> Path:
         precision_parity: dict[str, Any] = {}
         calibration_record = None
         if precisions:
-            outcome = _write_precisions(tmp, graphs, precisions, args, calib_images, owl_pre, sam_pre, sizes, profiles,
-                                        say)
+            outcome, precision_parity = _write_precisions(tmp, graphs, precisions, args, calib_images, owl_pre,
+                                                          sam_pre, sizes, profiles, parity, say)
             for name, entries in outcome.entries.items():
                 records[name]["files"].update(entries)
             calibration_record = outcome.calibration
-            precision_parity = {p: [r for r in outcome.rows if r.precision == p] for p in precisions}
 
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -216,9 +226,9 @@ def build(args: argparse.Namespace) -> Path:
 
 
 def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.Namespace, calib_images, owl_pre,
-                      sam_pre, sizes: dict[str, int], profiles, say):
-    """FP16 / INT8 graphs of every exported graph, their parity (added to parity.json), or a
-    ParityError naming the failures: nothing is written then."""
+                      sam_pre, sizes: dict[str, int], profiles, parity: dict[str, Any], say):
+    """FP16 / INT8 graphs of every exported graph and their parity rows per precision (added to
+    ``parity``, written to parity.json), or a ParityError naming the failures: nothing is written then."""
     from calibration.inputs import CalibrationInputs
     from export.artifact import file_record, write_json
     from export.parity import ParityError
@@ -231,11 +241,14 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
                                    prompt_template=PROMPT_TEMPLATE, seed=args.seed, sizes=sizes,
                                    max_dims={d: r.max for d, r in profiles.items()})
     previous = args.out if is_artifact(args.out) else None
-    outcome = write_precisions(tmp, graphs, precisions, file_record=file_record, inputs=inputs, previous=previous,
-                               method=args.calib_method, seed=args.seed, say=say)
-    parity = json.loads((tmp / PARITY_NAME).read_text())
-    for p in precisions:
-        mine = [r for r in outcome.rows if r.precision == p]
+    try:
+        outcome = write_precisions(tmp, graphs, precisions, file_record=file_record, inputs=inputs, previous=previous,
+                                   method=args.calib_method or "entropy", seed=args.seed, say=say)
+    finally:
+        if inputs is not None:
+            inputs.close()
+    by_precision = {p: [r for r in outcome.rows if r.precision == p] for p in precisions}
+    for p, mine in by_precision.items():
         parity[p] = {"passed": not precision_failures(mine), "rows": [r.__dict__ for r in mine]}
     write_json(tmp / PARITY_NAME, parity)
     bad = precision_failures(outcome.rows)
@@ -248,7 +261,7 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
             "nothing was written: export without that precision, or calibrate on more representative images"
         )
     log.info("precision parity table:\n%s", table)
-    return outcome
+    return outcome, by_precision
 
 
 def _precision_summary(rows) -> dict[str, Any]:
@@ -292,6 +305,7 @@ def build_engines_from(root: Path, args: argparse.Namespace) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_dir is not None:
+        check_from_request(args)
         build_engines_from(args.from_dir, args)
         return 0
     check_requests(args)

@@ -10,13 +10,15 @@ so one build path serves both.
 Small steps, each usable alone (as Polygraphy's loaders are):
 ``network_from_onnx`` (parse, every parser error reported with its node) -> ``builder_config``
 (one optimisation profile from the manifest's ranges, optimisation level, workspace, timing cache)
--> ``serialized_engine`` -> ``write_engine``; :func:`build_engines` runs them for every graph and
+-> ``serialized_engine`` -> ``write_bytes_atomic``; :func:`build_engines` runs them for every graph and
 precision and returns the manifest's ``engines`` section. tensorrt is imported on first use.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import os
 import sys
 import time
@@ -38,7 +40,7 @@ from runtime.backends.tensorrt import (
 )
 from runtime.errors import ArtifactError, UserError
 from runtime.graphs import GRAPHS, GraphSpec, resolve_shape
-from runtime.manifest import Manifest, sha256_file
+from runtime.manifest import Manifest
 
 TIMING_CACHE_NAME = "timing.cache"
 MAX_OPTIMIZATION_LEVEL = 5  # IBuilderConfig.builder_optimization_level: 0..5, default 3
@@ -219,10 +221,6 @@ def write_bytes_atomic(data: bytes, path: Path) -> None:
             tmp.unlink()
 
 
-def write_engine(data: bytes, path: Path) -> None:
-    write_bytes_atomic(data, path)
-
-
 def save_timing_cache(cache, path: Path) -> None:
     write_bytes_atomic(bytes(cache.serialize()), path)
 
@@ -236,7 +234,9 @@ def build_engines(artifact_dir: Path, manifest: Mapping[str, Any], precisions: S
     ``engines`` section (the existing one, with this GPU's entries added or replaced).
 
     Each graph's ONNX file is verified against the manifest first; each engine is deserialised once
-    after the build to prove its bindings match the spec. Profiles are the manifest's ``profiles``."""
+    after the build to prove its bindings match the spec. Profiles are the manifest's ``profiles``.
+    A precision whose ONNX file is one already built for the graph (an ``int8`` entry kept in FP16
+    points at the ``fp16`` file) is not built again: its record names the same engine file."""
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     root = Path(artifact_dir)
     m = Manifest(root=root, data=dict(manifest))
@@ -257,8 +257,16 @@ def build_engines(artifact_dir: Path, manifest: Mapping[str, Any], precisions: S
     cache_config = builder.create_builder_config()
     timing_cache = open_timing_cache(cache_config, cache_path, say)
     say(f"building {len(jobs)} TensorRT engines with TensorRT {env.tensorrt_version} on {env.device}")
+    built: dict[tuple[str, str], EngineRecord] = {}  # (graph, ONNX sha256) -> the record of its engine
     for i, (graph, precision) in enumerate(jobs, 1):
         spec = GRAPHS[graph]
+        onnx_sha256 = m.graphs[graph]["files"][precision]["files"][0]["sha256"]
+        same = built.get((graph, onnx_sha256))
+        if same is not None:
+            record = dataclasses.replace(same, precision=precision)
+            engines.setdefault(graph, {}).setdefault(precision, {})[env.device.slug] = record.to_dict()
+            say(f"[{i}/{len(jobs)}] {same.file}: also the {precision} engine (same ONNX graph)")
+            continue
         t0 = time.perf_counter()
         onnx_path = m.graph_path(graph, precision)  # sha256-verified
         parsed = network_from_onnx(onnx_path, spec, builder)
@@ -267,14 +275,14 @@ def build_engines(artifact_dir: Path, manifest: Mapping[str, Any], precisions: S
         data = serialized_engine(parsed, config, f"{graph} ({precision})")
         TrtEngine(data, spec, f"the new {graph} ({precision}) engine")  # bindings match the spec
         path = root / engine_file_name(graph, precision, env.device.slug)
-        write_engine(data, path)
+        write_bytes_atomic(data, path)
         record = EngineRecord(
-            graph=graph, precision=precision, file=path.name, sha256=sha256_file(path), bytes=len(data),
-            tensorrt_version=env.tensorrt_version, gpu_name=env.device.name,
+            graph=graph, precision=precision, file=path.name, sha256=hashlib.sha256(data).hexdigest(),
+            bytes=len(data), tensorrt_version=env.tensorrt_version, gpu_name=env.device.name,
             compute_capability=env.device.compute_capability, profiles=graph_profiles(spec, profiles),
-            builder=options.record(), onnx={"path": onnx_path.relative_to(root).as_posix(),
-                                            "sha256": m.graphs[graph]["files"][precision]["files"][0]["sha256"]},
+            builder=options.record(), onnx={"path": onnx_path.relative_to(root).as_posix(), "sha256": onnx_sha256},
         )
+        built[(graph, onnx_sha256)] = record
         engines.setdefault(graph, {}).setdefault(precision, {})[env.device.slug] = record.to_dict()
         say(f"[{i}/{len(jobs)}] {path.name}: {len(data) / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f} s")
     save_timing_cache(timing_cache, cache_path)

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import torch
 
+from export import first_line
 from runtime.graphs import DYNAMIC_DIMS, DimRange, GraphSpec
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def export_example_dims(spec: GraphSpec, ranges: Mapping[str, DimRange] = DYNAMI
     return {d: max(2, min(ranges[d].opt, ranges[d].max)) for d in spec.dynamic_dims}
 
 
-def _onnx_files(path: Path) -> list[Path]:
+def onnx_files(path: Path) -> list[Path]:
+    """``path`` and its external data file, if it has one."""
     data = path.with_name(path.name + ".data")
     return [path] + ([data] if data.exists() else [])
 
@@ -79,13 +81,12 @@ def export_to_onnx(graph: GraphExport, path: Path, seed: int = 0) -> list[Path]:
             verbose=False,
         )
     except Exception as e:  # the exporter's own errors are long; keep the first line, re-raise as ours
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(f"exporting {spec.name} failed: {first}") from e
+        raise RuntimeError(f"exporting {spec.name} failed: {first_line(e)}") from e
     program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_BYTES)
     onnx.checker.check_model(str(path), full_check=True)
     check_signature(spec, path)
     log.info("exported %s in %.1f s", spec.name, time.perf_counter() - t0)
-    return _onnx_files(path)
+    return onnx_files(path)
 
 
 _ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32}

@@ -7,8 +7,9 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from export import first_line
 from runtime.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -69,18 +70,25 @@ def _check_local(source: str, family: str) -> None:
         )
 
 
-def _load(family: str, source: str, model_cls: Any, processor_cls: Any) -> LoadedModel:
+def _load(family: str, source: str, model_cls: Any, processor_cls: Any, *, kind: str | None = None,
+          hint: str = "check the id or path, or run python -m tools.tiny_checkpoints DIR for offline checkpoints",
+          all_weights: Callable[[list[str]], str] | None = None) -> LoadedModel:
+    """``model_cls`` and ``processor_cls`` from ``source``, or a one-line UserError (``kind`` and ``hint``
+    in it). With ``all_weights``, a checkpoint lacking some of the model's weights (``from_pretrained``
+    would initialise them at random with only a warning) is refused with ``all_weights(missing keys)``."""
     _check_local(source, family)
-    kind = _KIND[family]
+    kind = kind or _KIND[family]
     try:
-        model = model_cls.from_pretrained(source)
+        if all_weights is None:
+            model = model_cls.from_pretrained(source)
+        else:
+            model, info = model_cls.from_pretrained(source, output_loading_info=True)
+            missing = sorted(info.get("missing_keys", []))
+            if missing:
+                raise UserError(all_weights(missing))
         processor = processor_cls.from_pretrained(source)
     except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"cannot load {kind} model {source!r} ({first}); check the id or path, or run "
-            "python -m tools.tiny_checkpoints DIR for offline checkpoints"
-        ) from None
+        raise UserError(f"cannot load {kind} model {source!r} ({first_line(e)}); {hint}") from None
     model.eval()
     revision = getattr(model.config, "_commit_hash", None)
     return LoadedModel(family, source, model, processor, _config_hash(model.config), revision)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -87,11 +87,17 @@ def compare_outputs(spec: GraphSpec, dims: Mapping[str, int], ref: Mapping[str, 
     return [compare_output(spec.name, dims, t.name, ref[t.name], got.get(t.name), t.tolerance) for t in spec.outputs]
 
 
+def parity_runs(graph: GraphExport, seed: int = 0) -> Iterator[tuple[dict[str, int], dict[str, np.ndarray]]]:
+    """The parity inputs of ``graph``: each of :func:`parity_dim_sets` with its feeds, drawn with seed
+    ``seed + 1 + i`` (the export itself traces with ``seed``); made one at a time, when reached."""
+    for i, dims in enumerate(parity_dim_sets(graph.spec)):
+        yield dims, graph.make_inputs(dims, np.random.default_rng(seed + 1 + i))
+
+
 def check_export_parity(graph: GraphExport, onnx_path: Path, seed: int = 0) -> list[OutputParity]:
     session = OrtGraph(onnx_path, graph.spec)
     rows: list[OutputParity] = []
-    for i, dims in enumerate(parity_dim_sets(graph.spec)):
-        feeds = graph.make_inputs(dims, np.random.default_rng(seed + 1 + i))
+    for dims, feeds in parity_runs(graph, seed):
         rows += compare_outputs(graph.spec, dims, graph.torch_outputs(feeds), session.run(feeds))
     return rows
 

@@ -43,7 +43,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 
-from export.graph_export import EXTERNAL_DATA_BYTES, check_signature
+from export import first_line
+from export.graph_export import EXTERNAL_DATA_BYTES, check_signature, onnx_files
 from runtime.errors import UserError
 from runtime.graphs import GraphSpec
 
@@ -237,11 +238,6 @@ def _fix_unknown_dims(model: onnx.ModelProto) -> None:
                 d.ClearField("dim_param")
 
 
-def onnx_files(path: Path) -> list[Path]:
-    data = path.with_name(path.name + ".data")
-    return [path] + ([data] if data.exists() else [])
-
-
 def save_model(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Write ``model`` (external data above the exporter's threshold, as the FP32 export); return its files."""
     path = Path(path)
@@ -321,7 +317,7 @@ def convert_fp16(src: Path, dst: Path, spec: GraphSpec, keep: KeepFp32 | None = 
     except UserError:
         raise
     except Exception as e:
-        raise RuntimeError(f"FP16 conversion of {spec.name} failed in ModelOpt AutoCast: {_first_line(e)}") from e
+        raise RuntimeError(f"FP16 conversion of {spec.name} failed in ModelOpt AutoCast: {first_line(e)}") from e
     files = save_model(model, Path(dst))
     _check_written(spec, Path(dst))
     seconds = time.perf_counter() - t0
@@ -332,11 +328,6 @@ def convert_fp16(src: Path, dst: Path, spec: GraphSpec, keep: KeepFp32 | None = 
         "converter": f"nvidia-modelopt {modelopt_version()} autocast (keep_io_types, data_max=inf)",
         "seconds": round(seconds, 2),
     })
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,14 +442,17 @@ def quantize_int8(
                 shutil.copyfile(f, work / f.name)
             return work / src.name
 
+        qdq = None
         if scales is not None:
             _modelopt_quantize(fresh_copy(), qdq_path, FeedReader(list(feeds)[:1]), "max")
-            model = onnx.load(str(qdq_path))
+            qdq = onnx.load(str(qdq_path))
             try:
-                set_activation_scales(model, scales)
+                set_activation_scales(qdq, scales)
             except KeyError as e:
                 raise CacheMismatch(str(e)) from None
-            save_model(model, qdq_path)
+            # saving with external data moves the big weights out of ``qdq``; the scale initializers
+            # (scalars, under save_model's 1 KiB threshold) and the nodes, all that is read below, stay
+            save_model(qdq, qdq_path)
             used = "cached"
         else:
             try:
@@ -466,23 +460,25 @@ def quantize_int8(
             except Exception as e:  # noqa: BLE001 - the histogram calibrator's failures: fall back, loudly
                 if method != "entropy" or not _raised_in_calibrator(e):
                     raise
-                fallback = f"entropy calibration failed ({_first_line(e)}); used max calibration instead"
+                fallback = f"entropy calibration failed ({first_line(e)}); used max calibration instead"
                 log.warning("%s: %s", spec.name, fallback)
                 used = "max"
                 _modelopt_quantize(fresh_copy(), qdq_path, FeedReader(feeds, progress=progress), "max")
         t_cal = time.perf_counter() - t0
-        qdq = onnx.load(str(qdq_path), load_external_data=False)
-        found = activation_scales(onnx.load(str(qdq_path)))
+        if qdq is None:
+            qdq = onnx.load(str(qdq_path))
+        found = activation_scales(qdq)
         quantized = _quantized_op_counts(qdq)
+        total = len(qdq.graph.node)
+        del qdq  # AutoCast reads the Q/DQ graph from its file
         if not found:
             raise NothingToQuantize(f"ModelOpt placed no quantizer in {spec.name}")
         # node names survive quantization, module scopes do not: select from the FP32 graph
         model, kept, _ = _autocast(qdq_path, keep, onnx.load(str(src), load_external_data=False))
-        total = len(qdq.graph.node)
     except (UserError, CacheMismatch, NothingToQuantize):
         raise
     except Exception as e:
-        raise RuntimeError(f"INT8 quantization of {spec.name} failed in ModelOpt: {_first_line(e)}") from e
+        raise RuntimeError(f"INT8 quantization of {spec.name} failed in ModelOpt: {first_line(e)}") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
     files = save_model(model, dst)
@@ -492,7 +488,7 @@ def quantize_int8(
     return PrecisionGraph("int8", files, {
         "precision": "int8",
         "quantizer": f"nvidia-modelopt {modelopt_version()} onnx ptq (int8, symmetric, per-channel weights)",
-        "calibration_method": used if scales is None else "cached",
+        "calibration_method": used,
         "calibration_fallback": fallback,
         "activation_quantizers": len(found),
         "quantized_ops": quantized,
@@ -690,9 +686,9 @@ def write_precisions(
 
     ``keep_fp16`` (default :data:`INT8_KEEP_FP16`) names the graphs an INT8 artifact keeps in FP16
     and why. ``graphs`` are the ``GraphExport`` values of the export; ``inputs`` a
-    :class:`calibration.inputs.CalibrationInputs` (needed for ``int8``); ``previous`` an earlier
-    artifact at the output path whose ``calibration/`` cache may be reused; ``file_record(root,
-    path)`` makes the manifest's file records.
+    :class:`calibration.inputs.CalibrationInputs` (needed for ``int8``; left open: whoever made it
+    closes it); ``previous`` an earlier artifact at the output path whose ``calibration/`` cache may
+    be reused; ``file_record(root, path)`` makes the manifest's file records.
     """
     from calibration.cache import ScaleCache
     from calibration.inputs import calibration_key, graph_digest
@@ -722,13 +718,25 @@ def write_precisions(
                 int8_plan[name] = None
     need_fp16 = [n for n in by_name if "fp16" in precisions or int8_plan.get(n)]
 
-    # FP16 (also for the graphs an INT8 artifact keeps in FP16)
-    fp16_files: dict[str, list[Path]] = {}
+    # FP16 (also for the graphs an INT8 artifact keeps in FP16); each file hashed once
+    fp16_records: dict[str, list[dict[str, Any]]] = {}
+
+    def to_fp16(name: str) -> PrecisionGraph:
+        result = convert_fp16(root / graph_file_name(name, "fp32"), root / graph_file_name(name, "fp16"),
+                              by_name[name].spec)
+        fp16_records[name] = [file_record(root, f) for f in result.files]
+        return result
+
+    def kept_fp16_entry(name: str, why: str) -> dict[str, Any]:
+        """The ``int8`` entry of a graph kept in FP16: its FP16 files (converted now if not yet)."""
+        if name not in fp16_records:
+            to_fp16(name)
+        return {"files": [dict(r) for r in fp16_records[name]], "precision": "fp16", "kept_higher_precision": why}
+
     for i, name in enumerate(need_fp16, 1):
         graph = by_name[name]
-        result = convert_fp16(root / graph_file_name(name, "fp32"), root / graph_file_name(name, "fp16"), graph.spec)
-        fp16_files[name] = result.files
-        entry = {"files": [file_record(root, f) for f in result.files], **result.record}
+        result = to_fp16(name)
+        entry = {"files": [dict(r) for r in fp16_records[name]], **result.record}
         graph_rows: list[PrecisionParity] = []
         if "fp16" in precisions:
             entries[name]["fp16"] = entry
@@ -749,8 +757,7 @@ def write_precisions(
             graph = by_name[name]
             why = int8_plan[name]
             if why:
-                entries[name]["int8"] = {"files": [file_record(root, f) for f in fp16_files[name]],
-                                         "precision": "fp16", "kept_higher_precision": why}
+                entries[name]["int8"] = kept_fp16_entry(name, why)
                 runs = _calibration_runs(inputs, name) if inputs.supports(name) else _random_runs(graph, seed)
             else:
                 key = calibration_key(name, shas, inputs, method)
@@ -776,11 +783,7 @@ def write_precisions(
                     except NothingToQuantize as e:
                         why = f"{e}: it stays FP16"
                         log.warning("%s", why)
-                        if name not in fp16_files:
-                            fp16_files[name] = convert_fp16(root / graph_file_name(name, "fp32"),
-                                                            root / graph_file_name(name, "fp16"), graph.spec).files
-                        entries[name]["int8"] = {"files": [file_record(root, f) for f in fp16_files[name]],
-                                                 "precision": "fp16", "kept_higher_precision": why}
+                        entries[name]["int8"] = kept_fp16_entry(name, why)
                         rows += precision_parity(graph, root / entries[name]["int8"]["files"][0]["path"], "int8",
                                                  _calibration_runs(inputs, name), PRECISION_ACCEPTANCE["int8"].min_cosine)
                         say(f"[int8 {i}/{len(order)}] {name}: kept FP16 ({why})")
@@ -790,12 +793,13 @@ def write_precisions(
                                              seconds=result.record["calibration_seconds"], runs=len(feeds))
                     reused = False
                 seconds = time.perf_counter() - t0
-                result.record["calibration_cache"] = {**file_record(root, cache_file), "reused": reused}
+                cache_record = file_record(root, cache_file)
+                result.record["calibration_cache"] = {**cache_record, "reused": reused}
                 entries[name]["int8"] = {"files": [file_record(root, f) for f in result.files], **result.record}
                 calibration_record["graphs"][name] = {
                     "method": result.record["calibration_method"], "fallback": result.record["calibration_fallback"],
                     "runs": inputs.runs(name), "reused": reused, "seconds": round(seconds, 2),
-                    "cache": file_record(root, cache_file)["path"],
+                    "cache": cache_record["path"],
                 }
                 runs = _calibration_runs(inputs, name)
             path = root / entries[name]["int8"]["files"][0]["path"]
@@ -807,16 +811,14 @@ def write_precisions(
                    else f"{calibration_record['graphs'][name]['method']} calibration on {inputs.runs(name)} runs")
                 + f" in {calibration_record['graphs'][name]['seconds']:.1f} s")
             say(f"[int8 {i}/{len(order)}] {name}: {what}" + (f", parity {_verdict(graph_rows)}" if graph_rows else ""))
-        inputs.close()
     return PrecisionOutcome(entries, rows, calibration_record)
 
 
 def _random_runs(graph, seed: int) -> list[tuple[str, dict[str, int], dict[str, np.ndarray]]]:
     """The export parity's inputs: every parity size of every dynamic dimension, same seeds."""
-    from export.parity import parity_dim_sets
+    from export.parity import parity_runs
 
-    return [("random", dims, graph.make_inputs(dims, np.random.default_rng(seed + 1 + j)))
-            for j, dims in enumerate(parity_dim_sets(graph.spec))]
+    return [("random", dims, feeds) for dims, feeds in parity_runs(graph, seed)]
 
 
 def _calibration_runs(inputs, name: str) -> list[tuple[str, dict[str, int], dict[str, np.ndarray]]]:

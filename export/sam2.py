@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from calibration.inputs import random_boxes_xyxy
 from export.graph_export import GraphExport
 from export.models import LoadedModel
 from runtime.errors import UserError
@@ -41,8 +42,6 @@ from runtime.graphs import BATCH, NUM_BOXES, SAM2_DECODER, SAM2_DECODER_MULTIMAS
 _NUM_FEATURE_LEVELS = 3
 # The mask decoder upsamples the image embedding twice by 2 (two stride-2 transposed convolutions).
 _MASK_UPSCALE = 4
-# Smallest and largest box side drawn by the example inputs, as fractions of the image side.
-_BOX_MIN_FRACTION, _BOX_MAX_FRACTION = 0.03, 1.0
 
 
 class Sam2Image(nn.Module):
@@ -260,13 +259,9 @@ def sam2_sizes(loaded: LoadedModel) -> dict[str, int]:
 
 def random_boxes(rng: np.random.Generator, batch: int, num_boxes: int, image_size: int) -> np.ndarray:
     """Valid xyxy boxes inside the ``image_size`` square (x0 < x1, y0 < y1), sides log-uniform from
-    3 % to 100 % of the image, so small, elongated and image-sized boxes all occur."""
-    s = float(image_size)
-    centre = rng.uniform(0.0, s, (batch, num_boxes, 2))
-    side = s * np.exp(rng.uniform(np.log(_BOX_MIN_FRACTION), np.log(_BOX_MAX_FRACTION), (batch, num_boxes, 2)))
-    lo = np.clip(centre - side / 2, 0.0, s - 1.0)
-    hi = np.clip(centre + side / 2, lo + 1.0, s)
-    return np.concatenate([lo, hi], axis=-1).astype(np.float32)
+    3 % to 100 % of the image, so small, elongated and image-sized boxes all occur: ``(batch,
+    num_boxes, 4)`` of :func:`calibration.inputs.random_boxes_xyxy` (the same draws)."""
+    return random_boxes_xyxy(rng, (batch, num_boxes), image_size, image_size)
 
 
 def sam2_graph_exports(loaded: LoadedModel, sizes: Mapping[str, int]) -> list[GraphExport]:

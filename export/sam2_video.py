@@ -341,24 +341,14 @@ def load_sam_video(source: str) -> LoadedModel:
     """
     from transformers import Sam2VideoModel, Sam2VideoProcessor
 
-    from export.models import _check_local, _config_hash
+    from export.models import _load
 
-    _check_local(source, "sam")
-    try:
-        model, info = Sam2VideoModel.from_pretrained(source, output_loading_info=True)
-        missing = sorted(info.get("missing_keys", []))
-        if missing:
-            raise UserError(
-                f"{source} has no weights for SAM2's video modules ({len(missing)} missing, e.g. {missing[0]}); "
-                "--video needs a sam2_video checkpoint such as facebook/sam2.1-hiera-small"
-            )
-        processor = Sam2VideoProcessor.from_pretrained(source)
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load SAM2 video model {source!r} ({first}); check the id or path") from None
-    model.eval()
-    revision = getattr(model.config, "_commit_hash", None)
-    return LoadedModel("sam", source, model, processor, _config_hash(model.config), revision)
+    def refusal(missing: list[str]) -> str:
+        return (f"{source} has no weights for SAM2's video modules ({len(missing)} missing, e.g. {missing[0]}); "
+                "--video needs a sam2_video checkpoint such as facebook/sam2.1-hiera-small")
+
+    return _load("sam", source, Sam2VideoModel, Sam2VideoProcessor, kind="SAM2 video", hint="check the id or path",
+                 all_weights=refusal)
 
 
 def sam2_video_sizes(loaded: LoadedModel, sizes: Mapping[str, int]) -> dict[str, int]:
