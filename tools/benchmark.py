@@ -31,9 +31,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,9 +41,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.errors import ArtifactError, OneLineArgumentParser, UserError, run_cli
+from runtime.errors import ArtifactError, OneLineArgumentParser, UserError, run_cli, whole_number
 from runtime.manifest import PRECISIONS, load_manifest
 from runtime.profiling import DECODER, MASK_POST, OWL_HEAD_POST, PIPELINE_STAGES, PREPROCESS
+from tools.outputs import write_atomic
 
 BACKENDS = ("onnxruntime", "tensorrt")
 TEXT = "owl_text"
@@ -124,7 +125,10 @@ def _median(values: Sequence[float]) -> float:
 
 
 def bench_runtime(engines: Path, backend: str, precision: str, images: list[tuple[str, np.ndarray]],
-                  prompts: list[str], boxes: int, runs: int, warmup: int, threads: int | None) -> dict[str, Any]:
+                  prompts: list[str], boxes: int, runs: int, warmup: int, threads: int | None,
+                  sweep_counts: Sequence[int] = ()) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """The measurements of one backend and precision; and, given ``sweep_counts``, its
+    :func:`prompt_sweep` on the same open pipeline afterwards (else None)."""
     from runtime.pipeline import Pipeline
 
     with Pipeline.load(engines, backend, precision, intra_op_threads=threads) as pipe:
@@ -157,32 +161,35 @@ def bench_runtime(engines: Path, backend: str, precision: str, images: list[tupl
                             stage_samples[s].append(pipe.timer.seconds.get(s, 0.0) * 1e3)
         pipe.timer.synchronize = False
         per_image = _median(wall)
-        return {
+        result = {
             "name": f"{backend} {precision}", "kind": "runtime", "backend": backend, "precision": precision,
             "reason": pipe.choice.reason, "stages_synchronized": pipe.on_streams,
             "stages_ms": {s: _median(v) for s, v in stage_samples.items()},
             "text_ms": _median(text_ms), "text_per_image": False, "per_image_ms": per_image,
             "images_per_s": 1e3 / per_image, "samples_ms": wall, "boxes": {k: v.tolist() for k, v in chosen_boxes.items()},
         }
+        sweep = None
+        if sweep_counts:
+            print(f"[prompt sweep] {backend} {precision} at {list(sweep_counts)} prompts...", file=sys.stderr, flush=True)
+            sweep = prompt_sweep(pipe, images, sweep_counts, boxes, runs)
+        return result, sweep
 
 
-def prompt_sweep(engines: Path, backend: str, precision: str, images: list[tuple[str, np.ndarray]], counts: Sequence[int],
-                 boxes: int, runs: int, threads: int | None) -> dict[str, float]:
-    """Per-image wall time (median) at each prompt count, text embeddings cached (one warm-up each)."""
-    from runtime.pipeline import Pipeline
-
+def prompt_sweep(pipe: Any, images: list[tuple[str, np.ndarray]], counts: Sequence[int], boxes: int,
+                 runs: int) -> dict[str, float]:
+    """Per-image wall time (median) at each prompt count on the open pipeline ``pipe``, text
+    embeddings cached (one warm-up each)."""
     out = {}
-    with Pipeline.load(engines, backend, precision, intra_op_threads=threads) as pipe:
-        for n in counts:
-            prompts = prompt_list(n)
-            pipe.predict(images[0][1], prompts, threshold=0.0, max_detections=boxes)
-            wall = []
-            for _ in range(runs):
-                for _, image in images:
-                    t0 = time.perf_counter()
-                    pipe.predict(image, prompts, threshold=0.0, max_detections=boxes)
-                    wall.append((time.perf_counter() - t0) * 1e3)
-            out[str(n)] = _median(wall)
+    for n in counts:
+        prompts = prompt_list(n)
+        pipe.predict(images[0][1], prompts, threshold=0.0, max_detections=boxes)
+        wall = []
+        for _ in range(runs):
+            for _, image in images:
+                t0 = time.perf_counter()
+                pipe.predict(image, prompts, threshold=0.0, max_detections=boxes)
+                wall.append((time.perf_counter() - t0) * 1e3)
+        out[str(n)] = _median(wall)
     return out
 
 
@@ -264,8 +271,7 @@ def bench_torch(owl_path: str, sam_path: str, images: list[tuple[str, np.ndarray
                         "precision": "fp32", "stages_ms": stages, "text_ms": med["owl_text"],
                         "text_per_image": text_per_image, "per_image_ms": per_image, "images_per_s": 1e3 / per_image,
                         "samples_ms": e2e[way]})
-    machine = {"torch": torch.__version__, "device": str(device), "torch_threads": torch.get_num_threads(),
-               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    machine = {**tb.machine_info(device), "torch_threads": torch.get_num_threads()}
     return results, machine
 
 
@@ -277,7 +283,8 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                             "cpu_count": os.cpu_count(), "numpy": np.__version__}
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor() or None
     try:
@@ -304,7 +311,8 @@ def targets(results: list[dict[str, Any]], sweep: dict[str, float] | None) -> di
         share = sum(ort["stages_ms"].get(s, 0.0) for s in PRE_POST) / ort["per_image_ms"]
         out["pre_post_share_onnxruntime_fp32"] = {"value": share, "target": "<= 0.10", "stages": list(PRE_POST)}
     if sweep and len(sweep) >= 2:
-        lo, hi = (sweep[k] for k in sorted(sweep, key=int)[:: len(sweep) - 1])
+        counts = sorted(sweep, key=int)
+        lo, hi = sweep[counts[0]], sweep[counts[-1]]  # the fewest and the most prompts
         out["prompt_sweep_difference"] = {"value": abs(hi - lo) / lo, "target": "<= 0.10", "ms_per_image": sweep}
     return out
 
@@ -378,23 +386,8 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
     fig.legend(*ax.get_legend_handles_labels(), fontsize=7, ncols=len(PIPELINE_STAGES), loc="lower center",
                frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    _write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    write_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-
-
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets, not results
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,28 +406,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = OneLineArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0])
     ap.add_argument("--engines", required=True, help="the engines directory (python -m export.build --out)")
     ap.add_argument("--images", default=None, help="a folder of images (default: one generated 1280x720 image)")
-    ap.add_argument("--max-images", type=int, default=8, help="use at most this many images of --images")
-    ap.add_argument("--prompts", type=int, default=4, help="number of text prompts")
-    ap.add_argument("--boxes", type=int, default=8, help="boxes decoded per image (top-scoring detections)")
-    ap.add_argument("--runs", type=int, default=3, help="timed passes over the images")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed passes first")
+    ap.add_argument("--max-images", type=whole_number(), default=8, help="use at most this many images of --images")
+    ap.add_argument("--prompts", type=whole_number(), default=4, help="number of text prompts")
+    ap.add_argument("--boxes", type=whole_number(), default=8, help="boxes decoded per image (top-scoring detections)")
+    ap.add_argument("--runs", type=whole_number(), default=3, help="timed passes over the images")
+    ap.add_argument("--warmup", type=whole_number(0), default=1, help="untimed passes first")
     ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=None, help="default: every available one")
     ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None, help="default: every one the artifact has")
     ap.add_argument("--torch", choices=("auto", "on", "off"), default="auto", help="the PyTorch reference pipeline")
     ap.add_argument("--torch-device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--owl-model", default=None, help="PyTorch reference OWLv2 (default: the manifest's source)")
     ap.add_argument("--sam-model", default=None, help="PyTorch reference SAM2 (default: the manifest's source)")
-    ap.add_argument("--prompt-sweep", type=int, nargs="*", default=[1, 8],
+    ap.add_argument("--prompt-sweep", type=whole_number(), nargs="*", default=[1, 8],
                     help="prompt counts timed on the first backend (nothing: skip)")
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads of ONNX Runtime and PyTorch")
+    ap.add_argument("--threads", type=whole_number(), default=None, help="intra-op threads of ONNX Runtime and PyTorch")
     ap.add_argument("--out", default="benchmark", help="folder for benchmark.json, benchmark.md, benchmark.png")
     ap.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     args = ap.parse_args(argv)
-    for flag in ("prompts", "boxes", "runs", "max_images"):
-        if getattr(args, flag) < 1:
-            ap.error(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.warmup < 0 or (args.threads is not None and args.threads < 1) or any(n < 1 for n in args.prompt_sweep):
-        ap.error("--warmup must be >= 0, --threads and --prompt-sweep counts >= 1")
     engines = Path(args.engines)
     use_torch, why_not = _torch_available()
     if args.torch == "on" and not use_torch:
@@ -448,28 +436,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {s}", file=sys.stderr)
     images = load_images(args.images, args.max_images)
     prompts = prompt_list(args.prompts)
+    machine = machine_info()  # before the first run: its load average is the one at the start
     results: list[dict[str, Any]] = []
-    for backend, precision in runs:
+    sweep = None
+    for i, (backend, precision) in enumerate(runs):
         print(f"[{backend} {precision}] {len(images)} image(s) x {args.runs} run(s)...", file=sys.stderr, flush=True)
-        r = bench_runtime(engines, backend, precision, images, prompts, args.boxes, args.runs, args.warmup, args.threads)
+        r, swept = bench_runtime(engines, backend, precision, images, prompts, args.boxes, args.runs, args.warmup,
+                                 args.threads, sweep_counts=args.prompt_sweep if i == 0 else ())
         print(f"[{backend} {precision}] {r['per_image_ms']:.1f} ms per image, {r['images_per_s']:.2f} images/s",
               file=sys.stderr, flush=True)
         results.append(r)
-    sweep = None
-    if args.prompt_sweep:
-        print(f"[prompt sweep] {runs[0][0]} {runs[0][1]} at {args.prompt_sweep} prompts...", file=sys.stderr, flush=True)
-        sweep = prompt_sweep(engines, *runs[0], images, args.prompt_sweep, args.boxes, args.runs, args.threads)
-    machine = machine_info()
+        if swept is not None:
+            sweep = swept
     if use_torch:
         owl_path, sam_path = torch_sources(engines, args.owl_model, args.sam_model)
         print(f"[pytorch] {owl_path} + {sam_path}...", file=sys.stderr, flush=True)
         text_length = int(load_manifest(engines).sizes["owl_text_length"])
         torch_results, machine["torch"] = bench_torch(
-            owl_path, sam_path, images, prompts, text_length, results[0]["boxes"] if results else {}, args.boxes,
+            owl_path, sam_path, images, prompts, text_length, results[0]["boxes"], args.boxes,
             args.runs, args.warmup, args.torch_device, args.threads)
         results += torch_results
     report = {
-        "command": " ".join([Path(sys.executable).name, "-m", "tools.benchmark", *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join([Path(sys.executable).name, "-m", "tools.benchmark",
+                               *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine,
         "config": {"engines": str(engines), "images": len(images), "image_sizes": [f"{im.shape[1]}x{im.shape[0]}" for _, im in images],
                    "prompts": args.prompts, "boxes": args.boxes, "runs": args.runs, "warmup": args.warmup,
@@ -478,8 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     table = markdown(report)
-    _write_atomic(out / "benchmark.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
-    _write_atomic(out / "benchmark.md", lambda f: f.write(table.encode()))
+    write_atomic(out / "benchmark.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
+    write_atomic(out / "benchmark.md", lambda f: f.write(table.encode()))
     if not args.no_chart:
         draw_chart(report, out / "benchmark.png")
     print(table)

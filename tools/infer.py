@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli
+from runtime.manifest import PRECISIONS
+from runtime.pipeline import BACKENDS
 
 log = logging.getLogger("tools.infer")
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "int8")
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 DEFAULTS: dict[str, Any] = {
     "threshold": None,  # the artifact's (0.1)
     "backend": "auto",
@@ -248,18 +247,19 @@ def main(argv: list[str] | None = None) -> int:
     files = list_inputs(Path(args.input))
 
     from runtime.pipeline import Pipeline, check_prompts
+    from runtime.video_io import is_video_file
     from tools.outputs import OutputOptions, prepare_output, write_detections
 
     prompts = list(check_prompts(args.prompt))
     options = OutputOptions(binary=args.binary, overlay=args.overlay, merged=args.merged)
     out = Path(args.output)
     pipe = Pipeline.load(args.engines, backend=args.backend, precision=args.precision)
-    prepare_output(out, options)
-    if Path(args.input).suffix.lower() in VIDEO_SUFFIXES:
-        return _run_video(pipe, Path(args.input), prompts, out, options, args)
+    if is_video_file(args.input):
+        return _run_video(pipe, Path(args.input), prompts, out, options, args)  # its folders: VideoOutputs
     predict_kw = dict(threshold=args.threshold, nms_iou=args.nms_iou, max_detections=args.max_detections)
-    t0 = time.perf_counter()
     with pipe:
+        prepare_output(out, options)
+        t0 = time.perf_counter()
         if Path(args.input).is_file():
             rows, skipped = _run_one(pipe, files[0], prompts, predict_kw, out, options), []
         else:
@@ -350,8 +350,7 @@ def _run_folder(pipe, files: list[Path], prompts, predict_kw, out: Path, options
             for _, _, f in reads:
                 f.cancel()
             bar.close()
-    rows.sort(key=lambda r: r["image_id"])  # already in order; kept explicit
-    return rows, skipped
+    return rows, skipped  # in image order: the writes are collected first in, first out
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import OneLineArgumentParser, UserError, run_cli
+from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
 
 # Meta's sam2.1_hiera_{t,s}.yaml (trunk embed_dim 96, num_heads 1 doubling per stage, window_spec
 # [8, 4, 14, 7], window_pos_embed_bkg_spatial_size [7, 7], FPN d_model 256 over
@@ -148,7 +148,7 @@ def measure_graph(args: argparse.Namespace) -> dict[str, Any]:
     from export.owl import owl_graph_exports, owl_sizes
     from export.sam2 import sam2_graph_exports, sam2_sizes
     from runtime.backends.onnxruntime import OrtGraph
-    from runtime.graphs import BATCH, NUM_BOXES, NUM_PROMPTS
+    from runtime.graphs import NUM_BOXES, NUM_PROMPTS
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -202,8 +202,8 @@ def measure_graph(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_markdown(results: list[dict[str, Any]], threads: int, runs: int) -> str:
     lines = [
-        f"| model | graph | params (M) | export (s) | ONNX (MB) | peak RSS export (GB) | peak RSS +latency (GB) "
-        f"| dims | eager (ms) | ORT (ms) | eager/ORT |",
+        "| model | graph | params (M) | export (s) | ONNX (MB) | peak RSS export (GB) | peak RSS +latency (GB) "
+        "| dims | eager (ms) | ORT (ms) | eager/ORT |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -242,10 +242,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--model", help="a local checkpoint directory (of the graphs' family) instead of random weights")
     image_graphs = sorted(n for n, g in GRAPHS.items() if not g.video)  # tools.measure_tracking times video
     p.add_argument("--graphs", nargs="+", choices=image_graphs, default=image_graphs)
-    p.add_argument("--prompts", nargs="+", type=int, default=[4], help="prompt counts to time")
-    p.add_argument("--boxes", nargs="+", type=int, default=[1, 16], help="decoder box counts to time")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
+    p.add_argument("--prompts", nargs="+", type=whole_number(), default=[4], help="prompt counts to time")
+    p.add_argument("--boxes", nargs="+", type=whole_number(), default=[1, 16], help="decoder box counts to time")
+    p.add_argument("--runs", type=whole_number(), default=3, help="timed runs per measurement (median)")
+    p.add_argument("--threads", type=whole_number(), default=2, help="intra-op threads for torch and ONNX Runtime")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", choices=("order1", "hf"), default="order1",
                    help="random weights: re-initialised to order-1 outputs (default) or transformers' init")

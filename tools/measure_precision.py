@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import OneLineArgumentParser, run_cli, whole_number
+from runtime.manifest import PRECISIONS
+from runtime.metrics import box_iou, mask_iou
 from tools.measure_fullsize import median_ms
 from tools.synthetic import synthetic_image
 
@@ -71,8 +73,6 @@ def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print) -> tuple[Pat
     log(f"writing {out / 'owlv2'} ({sum(p.numel() for p in owl.parameters()) / 1e6:.0f} M parameters)")
     owl.save_pretrained(out / "owlv2")
     processor.save_pretrained(out / "owlv2")
-    tokenizer.backend_tokenizer.no_padding()
-    tokenizer.backend_tokenizer.no_truncation()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -90,7 +90,6 @@ def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print) -> tuple[Pat
 def write_synthetic_images(out: Path, count: int, seed: int = 0) -> Path:
     """``count`` synthetic photos-like images (smooth colour fields with a few bright discs and boxes,
     sizes from 240x320 to 1080x1920, JPEG and PNG) under ``out``: a calibration or test set."""
-    import numpy as np
     from PIL import Image
 
     sizes = [(480, 640), (640, 480), (720, 1280), (1080, 1920), (333, 500), (500, 333), (240, 320), (600, 600)]
@@ -139,9 +138,12 @@ def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
     pre_owl = OwlPreprocessing.from_dict(data["preprocessing"]["owl"])
     pre_sam = Sam2Preprocessing.from_dict(data["preprocessing"]["sam"])
     inputs = CalibrationInputs(out, images, pre_owl, pre_sam, sizes["owl_text_length"], prompt_template=PROMPT_TEMPLATE)
-    outcome = write_precisions(out, graphs, ["fp16", "int8"], file_record=file_record, inputs=inputs,
-                               previous=args.reuse_calibration or src,
-                               method=args.calib_method, keep_fp16={} if args.int8_all else None, say=say)
+    try:
+        outcome = write_precisions(out, graphs, ["fp16", "int8"], file_record=file_record, inputs=inputs,
+                                   previous=args.reuse_calibration or src,
+                                   method=args.calib_method, keep_fp16={} if args.int8_all else None, say=say)
+    finally:
+        inputs.close()
     total = time.perf_counter() - t0
     for name, entries in outcome.entries.items():
         data["graphs"][name]["files"].update(entries)
@@ -166,16 +168,63 @@ RANGE_OPS = ("LayerNormalization", "Softmax", "ReduceSum", "ReduceMean", "Reduce
 FP16_MAX = 65504.0
 
 
+def _graph_ranges(path: Path, feeds: dict[str, Any], chunk_size: int, threads: int) -> dict[str, dict[str, float]]:
+    """``value_ranges`` of one FP32 graph: per "op role" (e.g. "Softmax in"), the largest |x| over its
+    tensors, how many tensors, how many above FP16's maximum; the model is loaded once and run with
+    ``chunk_size`` extra outputs at a time."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    inits = {t.name for t in model.graph.initializer}
+    watch: list[tuple[str, str, str]] = []  # (op type, role, tensor)
+    for node in model.graph.node:
+        if node.op_type in RANGE_OPS:
+            watch += [(node.op_type, "in", t) for t in node.input[:1] if t and t not in inits]
+            watch += [(node.op_type, "out", node.output[0])]
+    tensors = sorted({t for _, _, t in watch})
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
+    graph_outputs = len(model.graph.output)
+    known = {o.name for o in model.graph.output}
+    values: dict[str, dict[str, float]] = {}
+    for start in range(0, len(tensors), chunk_size):
+        chunk = tensors[start:start + chunk_size]
+        del model.graph.output[graph_outputs:]  # the previous chunk's extra outputs
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in chunk if t not in known)
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        outs = sess.run(chunk, feeds)
+        for t, v in zip(chunk, outs):
+            v = np.asarray(v)
+            if v.dtype.kind != "f" or v.size == 0:
+                continue
+            a = v.astype(np.float64)
+            rec = {"max_abs": float(np.abs(a).max())}
+            if a.ndim >= 1 and a.shape[-1] > 1:
+                rec["max_row_sq_dev"] = float(((a - a.mean(-1, keepdims=True)) ** 2).sum(-1).max())
+            values[t] = rec
+        del outs, sess
+    stats: dict[str, dict[str, float]] = {}
+    for op, role, t in watch:
+        if t not in values:
+            continue
+        s = stats.setdefault(f"{op} {role}", {"max_abs": 0.0, "tensors": 0, "above_fp16_max": 0})
+        s["max_abs"] = max(s["max_abs"], values[t]["max_abs"])
+        s["tensors"] += 1
+        s["above_fp16_max"] += values[t]["max_abs"] > FP16_MAX
+        if op == "LayerNormalization" and role == "in":
+            s["max_row_sq_dev"] = max(s.get("max_row_sq_dev", 0.0), values[t].get("max_row_sq_dev", 0.0))
+    return stats
+
+
 def value_ranges(args: argparse.Namespace) -> dict[str, Any]:
     """Run each FP32 graph on realistic inputs with the inputs/outputs of ``RANGE_OPS`` nodes as extra
     outputs (a few at a time), and report per op type: the largest |input| and |output|; for
     LayerNormalization the largest sum over a row of (x - mean)^2 (what an FP16 variance accumulates);
     for Softmax the largest |input| (exp overflows FP16 above 11.1 unless the max is subtracted).
     Values above 65504 are infinite in FP16."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-
     from calibration.images import read_calibration_images
     from calibration.inputs import CalibrationInputs
     from runtime.manifest import load_manifest
@@ -187,55 +236,15 @@ def value_ranges(args: argparse.Namespace) -> dict[str, Any]:
                                Sam2Preprocessing.from_dict(manifest.preprocessing("sam")),
                                manifest.sizes["owl_text_length"], progress=False)
     report: dict[str, Any] = {}
-    for name in args.graphs or list(manifest.graphs):
-        path = manifest.graph_path(name, "fp32")
-        model = onnx.load(str(path), load_external_data=False)
-        inits = {t.name for t in model.graph.initializer}
-        watch: list[tuple[str, str, str]] = []  # (op type, role, tensor)
-        for node in model.graph.node:
-            if node.op_type in RANGE_OPS:
-                watch += [(node.op_type, "in", t) for t in node.input[:1] if t and t not in inits]
-                watch += [(node.op_type, "out", node.output[0])]
-        feeds = inputs.feeds(name, limit=1)[0]
-        stats: dict[str, dict[str, float]] = {}
-        tensors = sorted({t for _, _, t in watch})
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = args.threads
-        values: dict[str, dict[str, float]] = {}
-        for start in range(0, len(tensors), args.chunk):
-            chunk = tensors[start:start + args.chunk]
-            m = onnx.load(str(path))
-            known = {o.name for o in m.graph.output}
-            for t in chunk:
-                if t not in known:
-                    m.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-            sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            outs = sess.run(chunk, feeds)
-            for t, v in zip(chunk, outs):
-                v = np.asarray(v)
-                if v.dtype.kind != "f" or v.size == 0:
-                    continue
-                a = v.astype(np.float64)
-                rec = {"max_abs": float(np.abs(a).max())}
-                if a.ndim >= 1 and a.shape[-1] > 1:
-                    rec["max_row_sq_dev"] = float(((a - a.mean(-1, keepdims=True)) ** 2).sum(-1).max())
-                values[t] = rec
-            del outs, sess, m
-        for op, role, t in watch:
-            if t not in values:
-                continue
-            s = stats.setdefault(f"{op} {role}", {"max_abs": 0.0, "tensors": 0, "above_fp16_max": 0})
-            s["max_abs"] = max(s["max_abs"], values[t]["max_abs"])
-            s["tensors"] += 1
-            s["above_fp16_max"] += values[t]["max_abs"] > FP16_MAX
-            if op == "LayerNormalization" and role == "in":
-                s["max_row_sq_dev"] = max(s.get("max_row_sq_dev", 0.0), values[t].get("max_row_sq_dev", 0.0))
-        report[name] = stats
-        print(f"{name}: " + "; ".join(f"{k} max|x| {v['max_abs']:.3g}" + (f" row sum (x-mean)^2 {v['max_row_sq_dev']:.3g}"
-                                                                          if "max_row_sq_dev" in v else "")
-                                      for k, v in stats.items()), file=sys.stderr, flush=True)
-    inputs.close()
+    try:
+        for name in args.graphs or list(manifest.graphs):
+            report[name] = _graph_ranges(manifest.graph_path(name, "fp32"), inputs.feeds(name, limit=1)[0],
+                                         args.chunk, args.threads)
+            print(f"{name}: " + "; ".join(f"{k} max|x| {v['max_abs']:.3g}"
+                                          + (f" row sum (x-mean)^2 {v['max_row_sq_dev']:.3g}" if "max_row_sq_dev" in v else "")
+                                          for k, v in report[name].items()), file=sys.stderr, flush=True)
+    finally:
+        inputs.close()
     lines = ["| graph | op (tensor) | tensors | max abs | LN: max row sum (x-mean)^2 | > 65504 |", "|---|---|---|---|---|---|"]
     for g, st in report.items():
         for k, v in st.items():
@@ -249,24 +258,6 @@ def value_ranges(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- task-level parity against transformers --------------------------------------------------
 PROMPTS = ["cat", "dog", "person", "red car", "bird"]
-
-
-def box_iou(a, b):
-    import numpy as np
-
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
-
-
-def mask_iou(a, b):
-    import numpy as np
-
-    inter = (a & b).reshape(len(a), -1).sum(1)
-    union = (a | b).reshape(len(a), -1).sum(1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def compare_detections(ref, got, top_k: int = 5) -> dict[str, Any]:
@@ -300,14 +291,14 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import Owlv2ForObjectDetection, Owlv2Processor, Sam2Model, Sam2Processor
 
     from runtime.backends import onnxruntime_opener
-    from runtime.graphs import PRECISION_ACCEPTANCE
+    from runtime.graphs import PRECISION_ACCEPTANCE, SAM2_DECODER_MULTIMASK
     from runtime.manifest import load_manifest
     from runtime.owl import OwlDetector
     from runtime.sam2 import Sam2Segmenter
 
     torch.set_num_threads(args.threads)
     manifest = load_manifest(args.engines)
-    precisions = [p for p in ("fp32", "fp16", "int8") if all(p in g["files"] for g in manifest.graphs.values())]
+    precisions = [p for p in PRECISIONS if all(p in g["files"] for g in manifest.graphs.values())]
     owl_model = Owlv2ForObjectDetection.from_pretrained(args.owl_model).eval()
     owl_proc = Owlv2Processor.from_pretrained(args.owl_model)
     sam_model = Sam2Model.from_pretrained(args.sam_model).eval()
@@ -331,9 +322,10 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
         (r,) = owl_proc.post_process_grounded_object_detection(out, threshold=args.threshold, target_sizes=[img.shape[:2]])
         det = (r["boxes"].numpy(), r["scores"].numpy(), r["labels"].numpy())
         inputs = sam_proc(images=img, input_boxes=[bx.tolist()], return_tensors="pt")
-        with torch.inference_mode():
+        with torch.inference_mode():  # one encoder pass: the multimask call reuses its image embeddings
             out = sam_model(**inputs, multimask_output=False)
-            multi = sam_model(**inputs, multimask_output=True)
+            prompts = {k: v for k, v in inputs.items() if k != "pixel_values"}
+            multi = sam_model(image_embeddings=out.image_embeddings, **prompts, multimask_output=True)
         masks = sam_proc.post_process_masks(out.pred_masks, inputs["original_sizes"])[0].numpy()[:, 0]
         best = multi.iou_scores[0].argmax(-1).numpy()
         multi_masks = sam_proc.post_process_masks(multi.pred_masks, inputs["original_sizes"])[0].numpy()
@@ -348,7 +340,8 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
             int8_open, fp16_open = opener, onnxruntime_opener(manifest, precision="fp16", intra_op_threads=args.threads)
             opener = lambda spec, a=int8_open, b=fp16_open, k=keep: (b if spec.name in k else a)(spec)  # noqa: E731
         owl, seg = OwlDetector.from_manifest(manifest, opener), Sam2Segmenter.from_manifest(manifest, opener)
-        seg_multi = Sam2Segmenter.from_manifest(manifest, opener, multimask=True)
+        # the multimask decoder on the same sam2_image graph (its features are computed once, by seg)
+        seg_multi = Sam2Segmenter(seg.image, opener(SAM2_DECODER_MULTIMASK), seg.preprocessing, seg.max_boxes)
         dets, ious, multi_ious = [], [], []
         for img, bx, (ref_det, (ref_masks, ref_multi)) in zip(images, boxes, refs):
             (d,) = owl.detect([img], texts, threshold=args.threshold)
@@ -415,23 +408,25 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
                                Sam2Preprocessing.from_dict(manifest.preprocessing("sam")),
                                manifest.sizes["owl_text_length"], progress=False)
     rows = []
-    for name in args.graphs or list(manifest.graphs):
-        spec = GRAPHS[name]
-        feeds = inputs.feeds(name, limit=1)[0]
-        files = manifest.graphs[name]["files"]
-        variants = {"fp32": (files["fp32"], False)}
-        if "fp16" in files:
-            variants["fp16"] = (files["fp16"], False)
-        if "int8" in files and files["int8"].get("precision", "int8") == "int8":
-            variants["int8 (Q/DQ fused)"] = (files["int8"], False)
-            variants["int8 (fusion off)"] = (files["int8"], True)
-        sessions = {k: OrtGraph(manifest.root / e["files"][0]["path"], spec, intra_op_threads=args.threads,
-                                disable_qdq_fusion=off) for k, (e, off) in variants.items()}
-        ms = median_ms({k: (lambda s=s: s.run(feeds)) for k, s in sessions.items()}, args.runs)
-        dims = {d: int(feeds[t.name].shape[a]) for t in spec.inputs for a, d in t.dynamic_axes.items()}
-        rows.append({"graph": name, "dims": dims, "ms": ms})
-        print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()), file=sys.stderr, flush=True)
-    inputs.close()
+    try:
+        for name in args.graphs or list(manifest.graphs):
+            spec = GRAPHS[name]
+            feeds = inputs.feeds(name, limit=1)[0]
+            files = manifest.graphs[name]["files"]
+            variants = {"fp32": (files["fp32"], False)}
+            if "fp16" in files:
+                variants["fp16"] = (files["fp16"], False)
+            if "int8" in files and files["int8"].get("precision", "int8") == "int8":
+                variants["int8 (Q/DQ fused)"] = (files["int8"], False)
+                variants["int8 (fusion off)"] = (files["int8"], True)
+            sessions = {k: OrtGraph(manifest.root / e["files"][0]["path"], spec, intra_op_threads=args.threads,
+                                    disable_qdq_fusion=off) for k, (e, off) in variants.items()}
+            ms = median_ms({k: (lambda s=s: s.run(feeds)) for k, s in sessions.items()}, args.runs)
+            dims = {d: int(feeds[t.name].shape[a]) for t in spec.inputs for a, d in t.dynamic_axes.items()}
+            rows.append({"graph": name, "dims": dims, "ms": ms})
+            print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()), file=sys.stderr, flush=True)
+    finally:
+        inputs.close()
     keys = ["fp32", "fp16", "int8 (Q/DQ fused)", "int8 (fusion off)"]
     lines = ["| graph | dims | " + " | ".join(f"{k} (ms)" for k in keys) + " | fp32/int8 fused |",
              "|---|---|" + "---|" * (len(keys) + 1)]
@@ -448,21 +443,21 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.measure_precision", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m tools.measure_precision", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("checkpoints", help="write full-size random-weight checkpoints")
     c.add_argument("out", type=Path)
     c.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("images", help="write synthetic calibration/test images")
     c.add_argument("out", type=Path)
-    c.add_argument("--count", type=int, default=16)
+    c.add_argument("--count", type=whole_number(0), default=16)
     c.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("precisions", help="add FP16 and INT8 graphs to a copy of an FP32 artifact")
     c.add_argument("--engines", required=True, type=Path, help="an FP32 engines directory")
     c.add_argument("--owl-model", required=True)
     c.add_argument("--sam-model", required=True)
     c.add_argument("--calib-dir", required=True, type=Path)
-    c.add_argument("--calib-count", type=int, default=16)
+    c.add_argument("--calib-count", type=whole_number(), default=16)
     c.add_argument("--calib-method", choices=("entropy", "max"), default="entropy")
     c.add_argument("--int8-all", action="store_true", help="quantize every graph (none kept in FP16)")
     c.add_argument("--reuse-calibration", type=Path, help="an artifact whose calibration/ cache may be reused")
@@ -471,24 +466,24 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--engines", required=True, type=Path)
     c.add_argument("--owl-model", required=True)
     c.add_argument("--sam-model", required=True)
-    c.add_argument("--images", type=int, default=4)
-    c.add_argument("--boxes", type=int, default=6)
+    c.add_argument("--images", type=whole_number(), default=4)
+    c.add_argument("--boxes", type=whole_number(), default=6)
     c.add_argument("--threshold", type=float, default=0.1)
-    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--threads", type=whole_number(), default=2)
     c.add_argument("--int8-keep-fp16", nargs="*", default=["owl_text", "owl_head", "sam2_decoder", "sam2_decoder_multimask"],
                    help="also measure INT8 with these graphs at FP16 (export.build's default)")
     c = sub.add_parser("latency", help="ONNX Runtime CPU latency per graph and precision")
     c.add_argument("--engines", required=True, type=Path)
     c.add_argument("--calib-dir", required=True, type=Path, help="images to make realistic inputs from")
     c.add_argument("--graphs", nargs="+")
-    c.add_argument("--runs", type=int, default=3)
-    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--runs", type=whole_number(), default=3)
+    c.add_argument("--threads", type=whole_number(), default=2)
     c = sub.add_parser("ranges", help="FP32 value ranges at LayerNorm/Softmax/reductions/... (FP16 headroom)")
     c.add_argument("--engines", required=True, type=Path)
     c.add_argument("--calib-dir", required=True, type=Path, help="images to make realistic inputs from")
     c.add_argument("--graphs", nargs="+")
-    c.add_argument("--chunk", type=int, default=6, help="extra outputs per run (memory)")
-    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--chunk", type=whole_number(), default=6, help="extra outputs per run (memory)")
+    c.add_argument("--threads", type=whole_number(), default=2)
     for c in sub.choices.values():
         c.add_argument("--json", type=Path, help="also write the result as JSON here")
     args = p.parse_args(argv)
@@ -511,6 +506,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.errors import run_cli
-
     run_cli(main)

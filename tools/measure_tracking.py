@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import OneLineArgumentParser, UserError, run_cli
+from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
 
 
 def _rss_mb() -> float:
@@ -57,7 +57,6 @@ def build_fullsize_graphs(arch: str, out: Path, threads: int, say) -> tuple[dict
     from export.sam2_video import sam2_video_graph_exports, sam2_video_sizes
     from runtime.backends.onnxruntime import OrtGraph
     from runtime.graphs import SAM2_IMAGE
-    from runtime.preprocessing import Sam2Preprocessing
     from tools.measure_fullsize import sam2_config
 
     torch.manual_seed(0)
@@ -78,7 +77,7 @@ def build_fullsize_graphs(arch: str, out: Path, threads: int, say) -> tuple[dict
         say(f"exported {g.spec.name} in {time.perf_counter() - t0:.0f} s "
             f"({sum(f.stat().st_size for f in files) / 2**20:.0f} MB)")
         graphs[g.spec.name] = OrtGraph(files[0], g.spec, intra_op_threads=threads)
-    pre = Sam2Preprocessing.from_dict(sam2_preprocessing_from_processor(processor).to_dict())
+    pre = sam2_preprocessing_from_processor(processor)
     return graphs, pre, sizes
 
 
@@ -112,8 +111,7 @@ def speed(args: argparse.Namespace) -> int:
             for t in range(1, 1 + args.frames + 1):
                 fill_banks(tracker, t)
                 if t == 2:  # frame 1 warms up the tracking graphs
-                    tracker.timer.seconds.clear()
-                    tracker.timer.frames = 0
+                    tracker.timer.reset()
                     t0 = time.perf_counter()
                 tracker.step(video.frame(t))
                 say(f"{n} objects: frame {t} done ({_rss_mb() / 1024:.1f} GB resident)")
@@ -187,25 +185,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("speed", help="frames/s and per-stage time of full-size random-weight tracking")
     s.add_argument("--arch", choices=("hiera-small", "hiera-tiny"), default="hiera-small")
-    s.add_argument("--objects", nargs="+", type=int, default=[1, 4, 16])
-    s.add_argument("--frames", type=int, default=3, help="timed frames per object count (after one warm-up)")
-    s.add_argument("--objects-per-call", type=int, default=1,
+    s.add_argument("--objects", nargs="+", type=whole_number(), default=[1, 4, 16])
+    s.add_argument("--frames", type=whole_number(), default=3, help="timed frames per object count (after one warm-up)")
+    s.add_argument("--objects-per-call", type=whole_number(), default=1,
                    help="objects per memory-attention call (ORT materialises a 4096 x 28736 attention map per "
                         "object and layer: 470 MB each)")
     s.add_argument("--size", type=_size, default=(480, 640), help="frame HEIGHTxWIDTH")
-    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--threads", type=whole_number(), default=2)
     s.add_argument("--json")
     r = sub.add_parser("rss", help="resident memory over a long generated stream")
     r.add_argument("--engines", type=Path)
-    r.add_argument("--frames", type=int, default=10_000)
-    r.add_argument("--every", type=int, default=1000, help="report every N frames")
+    r.add_argument("--frames", type=whole_number(), default=10_000)
+    r.add_argument("--every", type=whole_number(), default=1000, help="report every N frames")
     r.add_argument("--size", type=_size, default=(240, 320))
-    r.add_argument("--objects", type=int, default=3, help="box-prompted shapes (without --prompt)")
+    r.add_argument("--objects", type=whole_number(0), default=3, help="box-prompted shapes (without --prompt)")
     r.add_argument("--prompt", nargs="*", default=[], help="detect these with OWLv2 instead of box prompts")
-    r.add_argument("--redetect-every", type=int, default=30)
-    r.add_argument("--max-objects", type=int, default=16)
-    r.add_argument("--forget-after", type=int, default=None)
-    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--redetect-every", type=whole_number(0), default=30, help="0: the first frame only")
+    r.add_argument("--max-objects", type=whole_number(), default=16)
+    r.add_argument("--forget-after", type=whole_number(), default=None)
+    r.add_argument("--threads", type=whole_number(), default=1)
     r.add_argument("--json")
     return p.parse_args(argv)
 

@@ -17,10 +17,12 @@ merged mask (all zero) and merged overlay (the image itself).
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -103,7 +105,6 @@ def _save_png(path: Path, array: np.ndarray) -> None:
 def write_image_outputs(root: Path, stem: str, image: np.ndarray, result: Any, options: OutputOptions) -> list[Path]:
     """Every PNG of one image (``result``: a ``runtime.Result``); returns the paths written."""
     written: list[Path] = []
-    h, w = image.shape[:2]
     slugs = [prompt_slug(p) for p in result.prompts]
     for i, (mask, label) in enumerate(zip(result.masks, result.labels, strict=True)):
         name = f"{stem}_obj{i}_{slugs[int(label)]}"
@@ -117,9 +118,7 @@ def write_image_outputs(root: Path, stem: str, image: np.ndarray, result: Any, o
             written.append(path)
     if options.merged:
         if options.binary:
-            union = np.zeros((h, w), dtype=bool)
-            for mask in result.masks:
-                union |= mask
+            union = np.any(result.masks, axis=0)  # (H, W) all False when there are no masks
             path = root / BINARY / MERGED / f"{stem}_merged_mask.png"
             _save_png(path, union.astype(np.uint8) * np.uint8(255))
             written.append(path)
@@ -138,7 +137,7 @@ def coco_records(result: Any, image_id: int, file_name: str) -> list[dict[str, A
     ``[x, y, w, h]`` clipped to the image, ``segmentation`` compressed RLE; ``prompt`` and
     ``file_name`` are extra keys that COCO tools ignore."""
     rows = []
-    h, w = result.masks.shape[1:] if result.masks.ndim == 3 else (0, 0)
+    h, w = result.masks.shape[1:]  # (N, H, W), also when N is 0
     for box, score, label, mask in zip(result.boxes, result.scores, result.labels, result.masks, strict=True):
         x0, x1 = (float(np.clip(v, 0, w)) for v in (box[0], box[2]))
         y0, y1 = (float(np.clip(v, 0, h)) for v in (box[1], box[3]))
@@ -154,12 +153,30 @@ def coco_records(result: Any, image_id: int, file_name: str) -> list[dict[str, A
     return rows
 
 
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` by ``write(binary file)`` into a temporary file beside it, renamed over ``path``
+    once complete: a reader never sees half a file, and a failure leaves no temporary file behind.
+    The file gets the usual permissions (0666 less the umask). OSError propagates."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets, not results
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_detections(root: Path, rows: list[dict[str, Any]]) -> Path:
     path = root / DETECTIONS_NAME
-    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps(rows, separators=(",", ":")) + "\n"
     try:
-        tmp.write_text(json.dumps(rows, separators=(",", ":")) + "\n")
-        tmp.replace(path)
+        write_atomic(path, lambda f: f.write(text.encode()))
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror or e}); check the --output folder") from None
     return path

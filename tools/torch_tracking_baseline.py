@@ -130,21 +130,6 @@ class EncoderCalls:
 # Timing
 
 
-def mode_settings(mode: str, device: Any) -> tuple[str, Any, str | None]:
-    """(name as run, autocast dtype or None, note)."""
-    import torch
-
-    if mode == "eager-fp32":
-        return mode, None, None
-    if mode == "autocast-bf16":
-        return mode, torch.bfloat16, None
-    if mode == "autocast-fp16":
-        if device.type == "cpu":
-            return "autocast-bf16", torch.bfloat16, "autocast-fp16 requested on CPU: ran bfloat16 autocast instead"
-        return mode, torch.float16, None
-    raise ValueError(f"unknown mode {mode!r}")  # parse_args only lets MODES through
-
-
 def track_row(model: Any, processor: Any, device: Any, amp: Any, frames: list, boxes: Any, warmup: int,
               timed: int) -> dict[str, Any]:
     """Stream ``frames`` (frame 0 prompted with ``boxes``) and time frames warmup+1 .. warmup+timed."""
@@ -250,11 +235,8 @@ def track_row(model: Any, processor: Any, device: Any, amp: Any, frames: list, b
 # Report
 
 
-def _fmt(v: float | None, digits: int = 1) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
 def markdown(report: dict[str, Any]) -> str:
+    from tools.torch_baseline import fmt  # imports torch: only once there is a report
     m, c = report["machine"], report["config"]
     lines = [
         f"command: `{report['command']}`",
@@ -275,9 +257,9 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {r['mode']} | {r['objects']} | ERROR | | | | | | | |")
             continue
         st = r["stages_ms"]
-        lines.append(f"| {r['mode']} | {r['objects']} | {_fmt(r['ms_per_frame'])} | {_fmt(r['frames_per_s'], 2)} | "
-                     + " | ".join(_fmt(st[s]) for s in STAGES)
-                     + f" | {_fmt(r['peak_gpu_memory_gib'], 2)} | {_fmt(r['gpu_memory_growth_mib_per_frame'])} |")
+        lines.append(f"| {r['mode']} | {r['objects']} | {fmt(r['ms_per_frame'])} | {fmt(r['frames_per_s'], 2)} | "
+                     + " | ".join(fmt(st[s]) for s in STAGES)
+                     + f" | {fmt(r['peak_gpu_memory_gib'], 2)} | {fmt(r['gpu_memory_growth_mib_per_frame'])} |")
     lines.append("")
     for note in dict.fromkeys(r["note"] for r in report["results"] if r.get("note")):
         lines.append(f"- {note}")
@@ -336,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # imported here, not at the top, to keep --help and flag errors fast
 
     from tools.synthetic import MovingShapes
-    from tools.torch_baseline import command_line, machine_info
+    from tools.torch_baseline import command_line, machine_info, parse_mode
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -361,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with torch.inference_mode():
         for mode in args.modes:
-            name, amp, note = mode_settings(mode, device)
+            name, _, amp, note = parse_mode(mode, device)  # MODES has no compile mode
             for n in args.objects:
                 video = MovingShapes(None, h, w, num_shapes=n, seed=0, speed=4.0)
                 frames = [video.frame(t) for t in range(total)]

@@ -29,7 +29,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from runtime.errors import UserError
-from tools.outputs import BINARY, FRAMES, MERGED, OVERLAY, OutputOptions, _save_png, blend, color_of, prompt_slug
+from tools.outputs import (BINARY, FRAMES, MERGED, OVERLAY, OutputOptions, _save_png, blend, color_of, prompt_slug,
+                           write_atomic)
 
 VIDEO = "video"
 TRACKS_NAME = "tracks.json"
@@ -185,8 +186,9 @@ class VideoOutputs:
                 errors.append(f"{writer.path}: {e}")
         tracks = [{k: v for k, v in o.items() if k != "writers"} for o in self._objects.values()]
         path = self.root / TRACKS_NAME
+        text = json.dumps({"frames": self.frames, "fps": self.fps, "objects": tracks}, indent=1) + "\n"
         try:
-            path.write_text(json.dumps({"frames": self.frames, "fps": self.fps, "objects": tracks}, indent=1) + "\n")
+            write_atomic(path, lambda f: f.write(text.encode()))
         except OSError as e:
             errors.append(f"{path}: {e.strerror or e}")
         if errors:
@@ -233,18 +235,18 @@ def run_video(pipe: Any, path: Path, prompts: Sequence[str], out: Path, *, optio
     from runtime.video_io import open_frames
 
     log = logging.getLogger("tools.video")
-    source = open_frames(path)
-    if fps is None:
-        fps = source.info.fps
+    with open_frames(path) as source:
         if fps is None:
-            fps = DEFAULT_FPS
-            log.warning("%s: no frame rate known; writing videos at %g fps (set one with --fps)", path, fps)
-    tracker = Sam2Tracker.open(pipe.manifest, pipe.backend, pipe.precision, **tracker_options)
-    t = pipe.default_threshold if threshold is None else float(threshold)
-    queries = pipe.texts(list(prompts))
-    with source:
-        frames = write_video_outputs(track(source, tracker, pipe.owl, queries, redetect_every=redetect_every,
-                                           threshold=t), out, prompts, fps, options, save_frames,
-                                     total=source.info.num_frames, progress=progress)
+            fps = source.info.fps
+            if fps is None:
+                fps = DEFAULT_FPS
+                log.warning("%s: no frame rate known; writing videos at %g fps (set one with --fps)", path, fps)
+        # closed on the way out, as in Pipeline.track: the tracker's CUDA streams (TensorRT) with it
+        with Sam2Tracker.open(pipe.manifest, pipe.backend, pipe.precision, **tracker_options) as tracker:
+            t = pipe.default_threshold if threshold is None else float(threshold)
+            queries = pipe.texts(list(prompts))
+            frames = write_video_outputs(track(source, tracker, pipe.owl, queries, redetect_every=redetect_every,
+                                               threshold=t), out, prompts, fps, options, save_frames,
+                                         total=source.info.num_frames, progress=progress)
     return {"frames": frames, "objects": tracker.next_id - 1, "fps": fps,
             "stage_ms_per_frame": tracker.timer.per_frame_ms()}
