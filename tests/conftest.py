@@ -1,12 +1,22 @@
-"""Shared fixtures: tiny random checkpoints and one FP32 artifact built from them, per session."""
+"""Shared fixtures: tiny random checkpoints and the artifacts built from them, per session; TensorRT
+engines built from those where TensorRT and a GPU exist; and the checks several test modules make
+(command-line runs and their one-line errors, calibration feeds against their graph's spec)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Callable, Iterable, Mapping
 
+import numpy as np
 import pytest
 
 from tools.synthetic import synthetic_image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +92,105 @@ def tiny_video_precision_artifact(tiny_checkpoints, calibration_dir, tmp_path_fa
 @pytest.fixture(scope="session")
 def make_image():
     return synthetic_image
+
+
+# --- TensorRT engines -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tensorrt_gpu() -> str:
+    """Skips, with ``runtime.backends.tensorrt.backend_status()``'s reason, unless tensorrt,
+    cuda-python and a CUDA device are all here; else what runs ("TensorRT x on <device>").
+    Request it before any slow fixture, so that a skip costs nothing."""
+    from runtime.backends.tensorrt import backend_status
+
+    ok, why = backend_status()
+    if not ok:
+        pytest.skip(f"needs TensorRT and a CUDA device: {why}")
+    return why
+
+
+@pytest.fixture(scope="session")
+def build_fp32_engines(tensorrt_gpu, tmp_path_factory) -> Callable[..., Path]:
+    """``build(src, graphs=None)``: a copy of the artifact ``src`` with FP32 engines for this GPU of
+    ``graphs`` (default: every graph of the manifest), built at optimisation level 0 (fast builds),
+    recorded in the copy's manifest."""
+    from export.artifact import write_json
+    from export.engine import EngineOptions, build_engines
+    from runtime.manifest import MANIFEST_NAME, load_manifest
+
+    def build(src: Path, graphs: Iterable[str] | None = None) -> Path:
+        root = tmp_path_factory.mktemp("engines") / Path(src).name
+        shutil.copytree(src, root)
+        data = load_manifest(root).data
+        if graphs is not None:
+            data_graphs = {name: data["graphs"][name] for name in graphs}
+        else:
+            data_graphs = data["graphs"]
+        data["engines"] = build_engines(root, {**data, "graphs": data_graphs}, ["fp32"],
+                                        EngineOptions(optimization_level=0))
+        write_json(root / MANIFEST_NAME, data)
+        return root
+
+    return build
+
+
+# --- command lines ---------------------------------------------------------------------------------
+
+def _run_module(module: str, *args: str | Path, check: int | None = 0, timeout: float = 300
+                ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    assert "Traceback" not in r.stderr, r.stderr
+    if check is not None:
+        assert r.returncode == check, r.stderr
+    return r
+
+
+@pytest.fixture(scope="session")
+def run_module() -> Callable[..., subprocess.CompletedProcess]:
+    """``run_module(module, *args, check=0, timeout=300)``: ``python -m module args`` from the repository
+    root (PYTHONPATH set to it), output captured. Never a traceback; with ``check`` (an exit status)
+    the status is asserted, ``check=None`` leaves it to the caller."""
+    return _run_module
+
+
+def _one_error_line(r: subprocess.CompletedProcess, *needles: str) -> str:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def one_error_line() -> Callable[..., str]:
+    """``one_error_line(r, *needles)``: ``r`` exited with status 2, no traceback, exactly one line of
+    its stderr starts with ``error:`` and holds every needle; returns that line."""
+    return _one_error_line
+
+
+# --- calibration feeds -----------------------------------------------------------------------------
+
+def _assert_feeds_follow_spec(name: str, feeds: Iterable[Mapping[str, np.ndarray]], sizes: Mapping[str, int]) -> None:
+    from runtime.graphs import GRAPHS
+
+    spec = GRAPHS[name]
+    for feed in feeds:
+        assert list(feed) == spec.input_names, name
+        for t in spec.inputs:
+            a = feed[t.name]
+            assert a.dtype == np.dtype(t.dtype) and a.ndim == len(t.shape), (name, t.name)
+            for size, dim in zip(a.shape, t.shape, strict=True):
+                assert size == sizes[dim] if dim in sizes else size >= 1, (name, t.name, dim)
+            assert np.isfinite(a).all(), (name, t.name)
+
+
+@pytest.fixture(scope="session")
+def assert_feeds_follow_spec() -> Callable[..., None]:
+    """``assert_feeds_follow_spec(graph_name, feeds, sizes)``: every feed holds the graph's inputs,
+    in order, with its dtypes and ranks, the artifact's static ``sizes`` (dynamic dims at least 1),
+    and only finite values."""
+    return _assert_feeds_follow_spec

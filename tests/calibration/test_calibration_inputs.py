@@ -8,12 +8,13 @@ import pytest
 from calibration.images import read_calibration_images
 from calibration.inputs import UPSTREAM, CalibrationInputs, calibration_key, graph_digest
 from runtime.backends import onnxruntime_opener
-from runtime.graphs import GRAPHS, OWL_IMAGE, SAM2_DECODER, SAM2_IMAGE
+from runtime.graphs import OWL_IMAGE, SAM2_DECODER, SAM2_IMAGE
 from runtime.images import load_image
 from runtime.manifest import load_manifest
 from runtime.owl import OwlDetector
 from runtime.preprocessing import (OwlPreprocessing, Sam2Preprocessing, boxes_to_sam2_input, preprocess_owl,
                                    preprocess_sam2)
+from runtime.sam2 import Sam2Segmenter
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +29,23 @@ def make_inputs(manifest, calibration_dir, count=6, **kw):
                              manifest.sizes["owl_text_length"], progress=False, **kw)
 
 
-def test_feeds_of_every_graph_follow_the_spec(manifest, calibration_dir):
-    inputs = make_inputs(manifest, calibration_dir)
+@pytest.fixture(scope="module")
+def inputs(manifest, calibration_dir):
+    """One CalibrationInputs for the tests that only read it (its feeds are computed once, memoised);
+    a test that needs a fresh one (what a first call costs) makes its own."""
+    made = make_inputs(manifest, calibration_dir, boxes_per_image=8)
+    yield made
+    made.close()
+
+
+def test_feeds_of_every_graph_follow_the_spec(manifest, inputs, assert_feeds_follow_spec):
     for name in UPSTREAM:
-        spec = GRAPHS[name]
         feeds = inputs.feeds(name)
         assert len(feeds) == inputs.runs(name) > 1
-        for feed in feeds:
-            assert list(feed) == spec.input_names
-            for t in spec.inputs:
-                a = feed[t.name]
-                assert a.dtype == np.dtype(t.dtype) and a.ndim == len(t.shape), (name, t.name)
-                for size, dim in zip(a.shape, t.shape):
-                    assert size == manifest.sizes[dim] if dim in manifest.sizes else size >= 1, (name, t.name, dim)
+        assert_feeds_follow_spec(name, feeds, manifest.sizes)
 
 
-def test_image_inputs_are_the_runtime_preprocessing(manifest, calibration_dir):
-    inputs = make_inputs(manifest, calibration_dir)
+def test_image_inputs_are_the_runtime_preprocessing(manifest, inputs):
     image = load_image(inputs.images.paths[2])
     owl = OwlPreprocessing.from_dict(manifest.preprocessing("owl"))
     sam = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
@@ -52,13 +53,17 @@ def test_image_inputs_are_the_runtime_preprocessing(manifest, calibration_dir):
     np.testing.assert_array_equal(inputs.feeds(SAM2_IMAGE.name)[2]["pixel_values"], preprocess_sam2([image], sam))
 
 
-def test_decoder_boxes_are_owl_detections_topped_up_with_random_boxes(manifest, calibration_dir):
-    inputs = make_inputs(manifest, calibration_dir, boxes_per_image=8)
-    detector = OwlDetector.from_manifest(manifest, onnxruntime_opener(manifest))
+def test_decoder_boxes_are_owl_detections_topped_up_with_random_boxes(manifest, inputs):
+    assert inputs.boxes_per_image == 8
+    opener = onnxruntime_opener(manifest)
+    detector = OwlDetector.from_manifest(manifest, opener)
+    segmenter = Sam2Segmenter.from_manifest(manifest, opener)  # the runtime's encoder, run independently
     sam = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
     side = manifest.sizes["sam_image_size"]
     found_any = False
-    for i, feed in enumerate(inputs.feeds(SAM2_DECODER.name)):
+    feeds = inputs.feeds(SAM2_DECODER.name)
+    assert len(feeds) == len(inputs.images.paths)
+    for i, feed in enumerate(feeds):
         boxes = feed["boxes"][0]
         assert boxes.shape == (8, 4)
         assert np.all(boxes >= 0) and np.all(boxes <= side)
@@ -72,24 +77,29 @@ def test_decoder_boxes_are_owl_detections_topped_up_with_random_boxes(manifest, 
         np.testing.assert_allclose(boxes[: len(top)], boxes_to_sam2_input(top, image.shape[:2], sam), rtol=1e-6)
         found_any |= len(top) > 0
         # the encoder features are the FP32 sam2_image outputs of the same image
-        np.testing.assert_array_equal(feed["image_embed"], inputs._sam_features(i)["image_embed"])
+        features = segmenter.image_features([image])
+        for name in SAM2_IMAGE.output_names:
+            np.testing.assert_allclose(feed[name], features[name], rtol=1e-6, atol=1e-6, err_msg=f"image {i}: {name}")
     assert found_any, "the tiny OWLv2 should detect something on the calibration images"
 
 
-def test_feeds_are_deterministic_and_limit_costs_one_run(manifest, calibration_dir):
-    a = make_inputs(manifest, calibration_dir).feeds(SAM2_DECODER.name)
-    fresh = make_inputs(manifest, calibration_dir)
-    b = fresh.feeds(SAM2_DECODER.name, limit=1)
-    assert len(b) == 1
-    assert {i for (_, i) in fresh._memo} == {0}
+def test_feeds_are_deterministic_and_limit_costs_one_run(manifest, calibration_dir, inputs):
+    a = inputs.feeds(SAM2_DECODER.name)
+    fresh = make_inputs(manifest, calibration_dir)  # a new one: nothing computed yet
+    try:
+        b = fresh.feeds(SAM2_DECODER.name, limit=1)
+        assert len(b) == 1
+        assert {i for (_, i) in fresh._memo} == {0}
+    finally:
+        fresh.close()
+    assert list(b[0]) == list(a[0])
     for name in a[0]:
         np.testing.assert_array_equal(a[0][name], b[0][name])
 
 
-def test_calibration_key_names_what_the_ranges_depend_on(manifest, calibration_dir, tmp_path, make_image):
+def test_calibration_key_names_what_the_ranges_depend_on(manifest, inputs, tmp_path, make_image):
     from PIL import Image
 
-    inputs = make_inputs(manifest, calibration_dir)
     shas = {n: graph_digest(manifest.root, n) for n in UPSTREAM}
     key = calibration_key(SAM2_DECODER.name, shas, inputs, "entropy")
     assert key["graph_sha256"] == shas[SAM2_DECODER.name]

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from runtime.graphs import GRAPHS, DYNAMIC_DIMS
-from runtime.manifest import MANIFEST_NAME, PARITY_NAME, SCHEMA_VERSION, load_manifest, sha256_file
+from runtime.manifest import PARITY_NAME, SCHEMA_VERSION, load_manifest, sha256_file
 
-ROOT = Path(__file__).resolve().parents[2]
 # tiny_artifact is exported without --video: it holds every graph but the video ones
 # (tests/export/test_sam2_video_export.py covers an artifact exported with --video).
 IMAGE_GRAPHS = {name: spec for name, spec in GRAPHS.items() if not spec.video}
@@ -58,58 +55,50 @@ def test_no_temporary_directories_left(tiny_artifact):
     assert [p.name for p in tiny_artifact.parent.iterdir()] == [tiny_artifact.name]
 
 
-def run_build(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export.build", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+@pytest.fixture(scope="module")
+def run_build(run_module):
+    """``run_build(*args)``: ``python -m export.build args`` (conftest's ``run_module``), any exit status."""
+    return functools.partial(run_module, "export.build", check=None)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-
-
-def test_missing_model_path(tmp_path, tiny_checkpoints):
+def test_missing_model_path(run_build, one_error_line, tmp_path, tiny_checkpoints):
     out = tmp_path / "out"
     r = run_build("--owl-model", str(tmp_path / "nope"), "--sam-model", str(tiny_checkpoints.sam),
                   "--out", str(out), "--fp32", "--engines", "skip")
-    assert_one_line_error(r, "does not exist", str(tmp_path / "nope"))
+    one_error_line(r, "does not exist", str(tmp_path / "nope"))
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_directory_that_is_not_a_checkpoint(tmp_path, tiny_checkpoints):
+def test_directory_that_is_not_a_checkpoint(run_build, one_error_line, tmp_path, tiny_checkpoints):
     empty = tmp_path / "empty"
     empty.mkdir()
     r = run_build("--owl-model", str(empty), "--sam-model", str(tiny_checkpoints.sam), "--out", str(tmp_path / "o"),
                   "--engines", "skip")
-    assert_one_line_error(r, "no config.json", "OWLv2")
+    one_error_line(r, "no config.json", "OWLv2")
 
 
-def test_checkpoint_of_the_wrong_family(tmp_path, tiny_checkpoints):
+def test_checkpoint_of_the_wrong_family(run_build, one_error_line, tmp_path, tiny_checkpoints):
     r = run_build("--owl-model", str(tiny_checkpoints.sam), "--sam-model", str(tiny_checkpoints.sam),
                   "--out", str(tmp_path / "o"), "--engines", "skip")
-    assert_one_line_error(r, "not OWLv2", "sam2")
+    one_error_line(r, "not OWLv2", "sam2")
 
 
-def test_existing_directory_that_is_not_an_artifact(tmp_path, tiny_checkpoints):
+def test_existing_directory_that_is_not_an_artifact(run_build, one_error_line, tmp_path, tiny_checkpoints):
     out = tmp_path / "precious"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     r = run_build("--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam),
                   "--out", str(out), "--engines", "skip")
-    assert_one_line_error(r, "is not an engines directory", "--force")
+    one_error_line(r, "is not an engines directory", "--force")
     assert (out / "notes.txt").read_text() == "keep me"
 
 
-def test_unwritable_output(tmp_path, tiny_checkpoints):
+def test_unwritable_output(run_build, one_error_line, tmp_path, tiny_checkpoints):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     r = run_build("--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam),
                   "--out", str(blocker / "engines"), "--engines", "skip")
-    assert_one_line_error(r, "cannot write to")
+    one_error_line(r, "cannot write to")
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -118,10 +107,9 @@ def test_unwritable_output(tmp_path, tiny_checkpoints):
     (["--int8"], "--int8 needs --calib-dir"),
     (["--engines", "require"], "--engines require: cannot build TensorRT engines here"),
 ])
-def test_bad_flag_values(args, fragment):
+def test_bad_flag_values(run_build, one_error_line, args, fragment):
     from export.engine import tensorrt_status
 
     if "require" in args and tensorrt_status()[0]:
         pytest.skip("TensorRT and a GPU are available here: --engines require is valid")
-    r = run_build(*args)
-    assert r.returncode == 2 and fragment in r.stderr and "Traceback" not in r.stderr
+    one_error_line(run_build(*args), fragment)

@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -114,18 +113,9 @@ def test_bad_optimisation_level_is_a_usage_error(tiny_artifact):
 
 # --- on a GPU with TensorRT ----------------------------------------------------------------------
 
-def require_tensorrt_gpu() -> None:
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (its libraries come from NVIDIA's index); "
-                                           "pip install 'owlsam-trt[trt]' on a GPU machine")
-    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
-    ok, why = tensorrt_status()
-    if not ok:
-        pytest.skip(why)
-
-
 @pytest.fixture
-def artifact_copy(request, tmp_path) -> Path:
-    require_tensorrt_gpu()  # before the (slow) artifact fixture
+def artifact_copy(tensorrt_gpu, request, tmp_path) -> Path:
+    # tensorrt_gpu skips before the (slow) artifact fixture is built
     root = tmp_path / "tiny"
     shutil.copytree(request.getfixturevalue("tiny_artifact"), root)
     return root
@@ -172,8 +162,7 @@ def test_timing_cache_is_reused_and_a_foreign_one_ignored(artifact_copy):
 
 
 @pytest.mark.gpu
-def test_parser_errors_name_the_node(tmp_path):
-    require_tensorrt_gpu()
+def test_parser_errors_name_the_node(tensorrt_gpu, tmp_path):
     from export.engine import EngineBuildError, network_from_onnx
 
     graph = helper.make_graph([helper.make_node("Unique", ["x"], ["u"], name="the_unique_node")], "g",
@@ -187,15 +176,22 @@ def test_parser_errors_name_the_node(tmp_path):
 
 
 @pytest.mark.gpu
-def test_network_is_strongly_typed():
-    require_tensorrt_gpu()
+def test_network_is_strongly_typed(tensorrt_gpu, tmp_path):
+    """The network the builder gets: strongly typed (the creation flag on TensorRT 10, always on 11+),
+    so the FP16 types the graph declares are the network's."""
     import tensorrt as trt
 
-    from export.engine import network_flags
+    from export.engine import network_from_onnx
+    from runtime.backends.tensorrt import tensorrt_major
 
-    flags = network_flags(trt)
-    if int(trt.__version__.split(".")[0]) >= 11:
-        assert flags == 0  # always strongly typed; the flag is deprecated and ignored
-    else:
-        assert flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    assert np.isscalar(flags)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 8])])
+    path = tmp_path / "fp16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    parsed = network_from_onnx(path)  # keeps the builder and parser alive with the network
+    network = parsed.network
+    if tensorrt_major(trt.__version__) < 11:  # TensorRT 11 ignores the (deprecated) flag
+        assert network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert network.num_inputs == 1 and network.num_outputs == 1
+    assert network.get_input(0).dtype == trt.DataType.HALF and network.get_output(0).dtype == trt.DataType.HALF

@@ -203,8 +203,11 @@ def test_int64_matmul_is_an_error():
 def test_resize_cubic_and_if_are_flagged():
     then_g = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
                                [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 1, 4, 4])])
-    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
-                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 1, 4, 4])])
+    # the else branch: a supported op, then one the parser lacks (Unique), which only a walk into
+    # the subgraph can find
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["n"], name="neg_in_branch"),
+                                helper.make_node("Unique", ["n"], ["e"], name="unique_in_branch")], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["k"])])
     nodes = [
         const("scales", [1.0, 1.0, 2.0, 2.0], np.float32),
         helper.make_node("Resize", ["x", "", "scales"], ["r"], name="cubic", mode="cubic"),
@@ -217,7 +220,11 @@ def test_resize_cubic_and_if_are_flagged():
     found = check_model(m, "toy")
     assert by(found, "Resize", ERROR) and "cubic" in by(found, "Resize", ERROR)[0].problem
     assert by(found, "If", WARNING)
-    assert not by(found, "Neg", ERROR)  # subgraph nodes are checked too, and Neg is fine
+    # subgraph nodes are checked too: the branch's Unique is found, by its node name, and Neg is fine
+    assert [(f.node, f.problem) for f in by(found, "Unique")] == [
+        ("unique_in_branch", "not supported by the TensorRT ONNX parser (support matrix: N)")]
+    assert by(found, "Unique", ERROR) and "Unique" in UNSUPPORTED_OPS
+    assert not by(found, "Neg", ERROR)
 
 
 def test_old_opset_is_an_error():

@@ -331,41 +331,38 @@ def engine(gpu: DeviceInfo = H100, trt: str = "10.9.0", precision: str = "fp32")
 
 
 def test_auto_without_tensorrt_chooses_onnxruntime_and_says_why(tiny_artifact, no_tensorrt, caplog):
-    with caplog.at_level(logging.INFO, logger="runtime.pipeline"):
-        p = Pipeline.load(tiny_artifact)
-    assert (p.backend, p.precision) == ("onnxruntime", "fp32")
+    with caplog.at_level(logging.INFO, logger="runtime.pipeline"), Pipeline.load(tiny_artifact) as p:
+        assert (p.backend, p.precision) == ("onnxruntime", "fp32")
     lines = [r.getMessage() for r in caplog.records if r.name == "runtime.pipeline"]
     assert any("backend onnxruntime, precision fp32" in m and "tensorrt is not importable" in m for m in lines), lines
 
 
 def test_auto_without_cuda_device_says_so(tiny_artifact, fake_tensorrt, monkeypatch):
     monkeypatch.setattr(pl, "cuda_device", lambda: (None, "no CUDA device is visible; run on a machine with an NVIDIA GPU"))
-    p = Pipeline.load(tiny_artifact)
-    assert p.backend == "onnxruntime" and "no CUDA device" in p.choice.reason and not fake_tensorrt
+    with Pipeline.load(tiny_artifact) as p:
+        assert p.backend == "onnxruntime" and "no CUDA device" in p.choice.reason and not fake_tensorrt
 
 
 def test_auto_without_engines_says_so(tiny_artifact, fake_tensorrt):
-    p = Pipeline.load(tiny_artifact)
-    assert p.backend == "onnxruntime" and "has no TensorRT engines" in p.choice.reason
+    with Pipeline.load(tiny_artifact) as p:
+        assert p.backend == "onnxruntime" and "has no TensorRT engines" in p.choice.reason
 
 
-def test_auto_with_engines_for_this_gpu_chooses_tensorrt(tiny_artifact, fake_tensorrt, tmp_path, make_image):
+def test_auto_with_engines_for_this_gpu_chooses_tensorrt(tiny_artifact, fake_tensorrt, tmp_path):
+    # the choice only: fake_tensorrt opens ONNX Runtime graphs, so what TensorRT computes is judged by
+    # tests/runtime/test_tensorrt_backend.py on real engines
     art = copy_artifact(tiny_artifact, tmp_path / "a", engines=[engine(L4), engine(H100)])
-    p = Pipeline.load(art)
-    assert p.backend == "tensorrt" and fake_tensorrt == ["fp32"]
-    assert all(r.gpu_name == H100.name for r in p.choice.engines)
-    assert p.concurrent
-    ref = Pipeline.load(tiny_artifact, backend="onnxruntime")
-    image = make_image(100, 120, seed=9)
-    assert_same(p.predict(image, PROMPTS), ref.predict(image, PROMPTS))
-    p.close()
+    with Pipeline.load(art) as p:
+        assert p.backend == "tensorrt" and fake_tensorrt == ["fp32"]
+        assert all(r.gpu_name == H100.name for r in p.choice.engines)
+        assert p.concurrent
 
 
 def test_engines_for_another_gpu(tiny_artifact, fake_tensorrt, tmp_path):
     art = copy_artifact(tiny_artifact, tmp_path / "a", engines=[engine(L4)])
-    p = Pipeline.load(art)  # auto: falls back, and says why
-    assert p.backend == "onnxruntime"
-    assert "NVIDIA L4 (sm89)" in p.choice.reason and f"{H100.name} (sm90)" in p.choice.reason
+    with Pipeline.load(art) as p:  # auto: falls back, and says why
+        assert p.backend == "onnxruntime"
+        assert "NVIDIA L4 (sm89)" in p.choice.reason and f"{H100.name} (sm90)" in p.choice.reason
     with pytest.raises(ArtifactError) as e:
         Pipeline.load(art, backend="tensorrt")
     msg = str(e.value)

@@ -15,7 +15,7 @@ from runtime import Pipeline, Result
 from runtime.manifest import load_manifest
 from runtime.metrics import box_iou, mask_iou
 
-from _sam2_candidates import TIE_PIXELS, sam2_candidates, single_mask_accepted
+from _sam2_candidates import SAME_OBJECT_BOX_IOU, TIE_PIXELS, sam2_candidates, single_mask_accepted
 
 PROMPTS = ["cat", "dog", "person", "red car"]
 THRESHOLD = 0.1
@@ -116,7 +116,7 @@ def test_prompts_are_wrapped_with_the_manifest_template(pipe, tiny_artifact, mak
 # Reduced precision (the precision graphs of export.build --fp16 --int8) against the FP32 PyTorch
 # reference, by runtime.graphs.PRECISION_ACCEPTANCE: FP16 detections matched one to one (box IoU,
 # label) with mask IoU; INT8 as test_precision_parity judges the top-k labels: each of the reference's
-# k best detections has an INT8 detection on the same object (box IoU >= 0.5) with its label, and that
+# k best detections has an INT8 detection on the same object (box IoU >= SAME_OBJECT_BOX_IOU) with its label, and that
 # detection's mask passes. Masks are judged as in test_precision_parity: the reference's choice, or,
 # where its stability score is within TIE_PIXELS low-res pixels of SAM2's threshold (a tie any
 # perturbation flips), its other candidate.
@@ -168,7 +168,7 @@ def test_reduced_precision_pipeline_within_acceptance(reference, precision_pipes
         assert len(got) > 0
         iou = box_iou(ref_boxes[ref_top], got.boxes)
         partner = iou.argmax(axis=1)
-        assert np.all(iou[np.arange(len(ref_top)), partner] >= 0.5), iou.max(axis=1)
+        assert np.all(iou[np.arange(len(ref_top)), partner] >= SAME_OBJECT_BOX_IOU), iou.max(axis=1)
         np.testing.assert_array_equal(got.labels[partner], ref_labels[ref_top])
         ref_rows, got_rows = ref_top, partner
     # the reference's choice, or at a stability tie (margin <= TIE_PIXELS) its other candidate

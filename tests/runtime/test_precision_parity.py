@@ -18,11 +18,11 @@ from runtime.backends import onnxruntime_opener
 from runtime.graphs import PRECISION_ACCEPTANCE
 from runtime.manifest import load_manifest
 from runtime.owl import OwlDetector
-from runtime.preprocessing import preprocess_owl, preprocess_sam2
+from runtime.preprocessing import preprocess_sam2
 from runtime.sam2 import Sam2Segmenter
 from runtime.metrics import box_iou, mask_iou
 
-from _sam2_candidates import sam2_candidates, single_mask_accepted
+from _sam2_candidates import SAME_OBJECT_BOX_IOU, sam2_candidates, single_mask_accepted
 
 PROMPTS = ["a photo of a cat", "a photo of a dog", "a photo of a person", "a photo of a red car", "a photo of a bird"]
 THRESHOLD = 0.1
@@ -103,7 +103,7 @@ def test_detections_match_the_fp32_reference(manifest, owl_reference, make_image
             top = np.argsort(-rs, kind="stable")[: acc.top_k_labels]
             iou = box_iou(rb[top], got.boxes)
             partner = iou.argmax(axis=1)
-            assert np.all(iou[np.arange(len(top)), partner] >= 0.5), hw
+            assert np.all(iou[np.arange(len(top)), partner] >= SAME_OBJECT_BOX_IOU), hw
             np.testing.assert_array_equal(got.labels[partner], rl[top])
 
 
@@ -166,5 +166,5 @@ def test_embeddings_match_by_cosine_per_graph(manifest, owl_reference, sam_refer
         # sam2_image: the image embedding and the two high-resolution maps
         got = segmenter.image_features([image])
         ref = sam_embeddings(preprocess_sam2([image], segmenter.preprocessing))
-        for name, r in zip(("high_res_feat0", "high_res_feat1", "image_embed"), ref):
+        for name, r in zip(("high_res_feat0", "high_res_feat1", "image_embed"), ref, strict=True):
             assert cos_rows(got[name], r).min() >= min_cos, name

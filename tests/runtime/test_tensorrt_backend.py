@@ -265,29 +265,11 @@ def test_failed_cuda_call_is_a_one_line_error():
 
 # --- on a GPU with TensorRT ----------------------------------------------------------------------
 
-def require_tensorrt_gpu() -> None:
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (its libraries come from NVIDIA's index); "
-                                           "pip install 'owlsam-trt[trt]' on a GPU machine")
-    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
-    ok, why = cuda_device_status()
-    if not ok:
-        pytest.skip(f"no CUDA device: {why}")
-
-
 @pytest.fixture(scope="module")
-def tiny_engines(request, tmp_path_factory) -> Path:
+def tiny_engines(build_fp32_engines, request) -> Path:
     """A copy of the tiny artifact with FP32 engines built for this GPU."""
-    require_tensorrt_gpu()  # before the (slow) artifact fixture
-    from export.artifact import write_json
-    from export.engine import EngineOptions, build_engines
-
-    src = request.getfixturevalue("tiny_artifact")
-    root = tmp_path_factory.mktemp("trt") / "tiny"
-    shutil.copytree(src, root)
-    data = load_manifest(root).data
-    data["engines"] = build_engines(root, data, ["fp32"], EngineOptions(optimization_level=0))
-    write_json(root / MANIFEST_NAME, data)
-    return root
+    # build_fp32_engines needs tensorrt_gpu: it skips before the (slow) artifact fixture is built
+    return build_fp32_engines(request.getfixturevalue("tiny_artifact"))
 
 
 def feeds_for(spec: GraphSpec, sizes, dims, seed=0) -> dict[str, np.ndarray]:

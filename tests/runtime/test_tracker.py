@@ -12,6 +12,7 @@ from runtime.backends import onnxruntime_opener
 from runtime.errors import ArtifactError, UserError
 from runtime.graphs import NUM_BOXES, NUM_OBJECTS, SAM2_IMAGE, SAM2_VIDEO_GRAPHS
 from runtime.manifest import load_manifest
+from runtime.metrics import mask_iou
 from runtime.owl import Detections, OwlDetector
 from runtime.preprocessing import Sam2Preprocessing
 from runtime.tracker import (Sam2Tracker, TrackedFrame, _Track, from_bfloat16_bits, mask_boxes, to_bfloat16_bits,
@@ -38,12 +39,6 @@ def make_tracker(video_graphs):
                            int(m.data["profiles"][NUM_BOXES]["max"]), **options)
 
     return make
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    inter = (a & b).sum(axis=(-1, -2))
-    union = (a | b).sum(axis=(-1, -2))
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 # --- parity with Sam2VideoModel ----------------------------------------------------------------
@@ -75,7 +70,7 @@ def test_tracking_matches_sam2videomodel(make_tracker, tiny_checkpoints):
     ref = reference_masks(str(tiny_checkpoints.sam), frames, boxes)
     ours = list(track(iter(frames), make_tracker(), boxes=boxes))
     assert len(ours) == len(ref) == 30
-    ious = np.stack([mask_iou(r, o.masks) for r, o in zip(ref, ours)])  # [frames, objects]
+    ious = np.stack([mask_iou(r, o.masks) for r, o in zip(ref, ours, strict=True)])  # [frames, objects]
     print(f"\nIoU vs Sam2VideoModel: min {ious.min():.5f}, mean {ious.mean():.5f} over {ious.size} object-frames")
     assert ious.min() >= MIN_IOU, np.round(ious.min(axis=1), 4)
     for o in ours:

@@ -8,7 +8,6 @@ Runtime tracker's, and proof that no graph was run with ``run()``. No test here 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 
 from runtime.backends import onnxruntime_opener
 from runtime.graphs import NUM_BOXES, NUM_OBJECTS, SAM2_MEMORY_ENCODER
-from runtime.manifest import MANIFEST_NAME, load_manifest
+from runtime.manifest import load_manifest
 from runtime.metrics import mask_iou
 from runtime.preprocessing import Sam2Preprocessing
 from runtime.tracker import DEVICE_WAIT, TRACKING_GRAPHS, Sam2Tracker, runs_on_streams, track
@@ -49,29 +48,11 @@ def test_onnxruntime_graphs_run_with_run_and_no_streams(tiny_video_artifact):
 
 # --- on a GPU with TensorRT ----------------------------------------------------------------------
 
-def require_tensorrt_gpu() -> None:
-    from runtime.backends.tensorrt import backend_status
-
-    ok, why = backend_status()
-    if not ok:
-        pytest.skip(f"the TensorRT tracker needs TensorRT and a CUDA device: {why}")
-
-
 @pytest.fixture(scope="module")
-def video_engines(request, tmp_path_factory) -> Path:
+def video_engines(build_fp32_engines, request) -> Path:
     """A copy of the tiny video artifact with FP32 engines of the tracking graphs for this GPU."""
-    require_tensorrt_gpu()  # before the (slow) artifact fixture
-    from export.artifact import write_json
-    from export.engine import EngineOptions, build_engines
-
-    src = request.getfixturevalue("tiny_video_artifact")
-    root = tmp_path_factory.mktemp("trt_video") / "tiny"
-    shutil.copytree(src, root)
-    data = load_manifest(root).data
-    tracking = {g.name: data["graphs"][g.name] for g in TRACKING_GRAPHS}
-    data["engines"] = build_engines(root, {**data, "graphs": tracking}, ["fp32"], EngineOptions(optimization_level=0))
-    write_json(root / MANIFEST_NAME, data)
-    return root
+    # build_fp32_engines needs tensorrt_gpu: it skips before the (slow) artifact fixture is built
+    return build_fp32_engines(request.getfixturevalue("tiny_video_artifact"), [g.name for g in TRACKING_GRAPHS])
 
 
 def track_both(root: Path, run, **options):

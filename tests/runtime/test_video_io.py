@@ -54,17 +54,30 @@ def test_video_file_round_trip(clip):
         iter(source)
 
 
-def test_frames_are_decoded_lazily(clip):
-    source = open_frames(clip)
+@pytest.fixture(scope="module")
+def cut_clip(clip, tmp_path_factory) -> Path:
+    """``clip`` cut short, past its first key frame: it opens, and decoding breaks part-way."""
+    cut = tmp_path_factory.mktemp("cut") / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[: int(clip.stat().st_size * 0.85)])
+    return cut
+
+
+def test_frames_are_decoded_lazily(cut_clip):
+    """Frames come out one by one as they are decoded: the truncated clip's first frame arrives
+    before its break, which a reader decoding the whole file up front would have hit already."""
+    source = open_frames(cut_clip)
     it = iter(source)
     first = next(it)
-    assert first.shape == (96, 128, 3)
-    source.close()  # stopping early is fine
+    assert first.shape == (96, 128, 3) and first.dtype == np.uint8
+    source.close()  # stopping early is fine: the break is never reached
+    with pytest.raises(VideoReadError) as e:  # it is there, further on
+        for _ in open_frames(cut_clip):
+            pass
+    assert e.value.frames_read >= 1
 
 
-def test_truncated_video_yields_frames_up_to_the_break(clip, tmp_path):
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(clip.read_bytes()[: int(clip.stat().st_size * 0.85)])  # past the first key frame
+def test_truncated_video_yields_frames_up_to_the_break(cut_clip):
+    cut = cut_clip
     got = []
     with pytest.raises(VideoReadError) as e:
         for frame in open_frames(cut):

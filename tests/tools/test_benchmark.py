@@ -3,10 +3,8 @@ targets computed from the measurements, loud skips and one-line errors."""
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,24 +12,11 @@ from PIL import Image
 
 from runtime.profiling import PIPELINE_STAGES
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def benchmark(*args: str | Path, check: int | None = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "tools.benchmark", *map(str, args)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert "Traceback" not in r.stderr, r.stderr
-    if check is not None:
-        assert r.returncode == check, r.stderr
-    return r
-
-
-def one_error_line(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 2, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, r.stderr
-    return errors[0]
+@pytest.fixture(scope="module")
+def benchmark(run_module):
+    """``benchmark(*args, check=0)``: ``python -m tools.benchmark args`` (conftest's ``run_module``)."""
+    return functools.partial(run_module, "tools.benchmark", timeout=600)
 
 
 def tensorrt_importable() -> bool:
@@ -43,7 +28,7 @@ def tensorrt_importable() -> bool:
 
 
 @pytest.fixture(scope="module")
-def report(tiny_artifact, tmp_path_factory) -> tuple[dict, Path]:
+def report(benchmark, tiny_artifact, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench")
     benchmark("--engines", tiny_artifact, "--runs", "2", "--warmup", "1", "--prompts", "2", "--boxes", "3",
               "--prompt-sweep", "1", "3", "--threads", "1", "--out", out)
@@ -102,29 +87,29 @@ def test_a_missing_backend_is_skipped_loudly_with_its_reason(report):
 
 
 @pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is importable here")
-def test_a_requested_backend_that_cannot_run_is_an_error(tiny_artifact, tmp_path):
+def test_a_requested_backend_that_cannot_run_is_an_error(benchmark, one_error_line, tiny_artifact, tmp_path):
     r = benchmark("--engines", tiny_artifact, "--backends", "tensorrt", "--precisions", "fp32", "--torch", "off",
                   "--out", tmp_path, check=None)
-    assert "cannot benchmark tensorrt fp32: backend tensorrt was requested but tensorrt is not importable" in one_error_line(r)
+    one_error_line(r, "cannot benchmark tensorrt fp32: backend tensorrt was requested but tensorrt is not importable")
     assert not list(tmp_path.iterdir())
 
 
-def test_bad_input_is_one_line(tiny_artifact, tmp_path):
+def test_bad_input_is_one_line(benchmark, one_error_line, tiny_artifact, tmp_path):
     r = benchmark("--engines", tmp_path / "nope", "--torch", "off", "--out", tmp_path / "o", check=None)
-    assert "nope" in one_error_line(r)
+    one_error_line(r, "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
     r = benchmark("--engines", tiny_artifact, "--images", empty, "--torch", "off", "--out", tmp_path / "o", check=None)
-    assert f"--images {empty}: no readable images" in one_error_line(r)
+    one_error_line(r, f"--images {empty}: no readable images")
     r = benchmark("--engines", tiny_artifact, "--runs", "0", check=None)
-    assert "--runs must be at least 1" in one_error_line(r)
+    one_error_line(r, "--runs: 0 must be at least 1")
     r = benchmark("--engines", tiny_artifact, "--precisions", "int8", "--backends", "onnxruntime", "--torch", "off",
                   "--out", tmp_path / "o", check=None)
-    assert "cannot benchmark onnxruntime int8" in one_error_line(r) and "has no int8 graphs" in one_error_line(r)
+    one_error_line(r, "cannot benchmark onnxruntime int8", "has no int8 graphs")
     assert not (tmp_path / "o").exists()
 
 
-def test_a_folder_of_images_of_any_size_with_a_bad_file(tiny_artifact, make_image, tmp_path):
+def test_a_folder_of_images_of_any_size_with_a_bad_file(benchmark, tiny_artifact, make_image, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(make_image(120, 200, seed=3)).save(images / "a.png")

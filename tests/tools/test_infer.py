@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,29 +13,16 @@ from PIL import Image
 
 from tools.outputs import PALETTE
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["cat", "red car"]
 
 # pycocotools 2.0.x under numpy 2: a DeprecationWarning about __array__(copy=...) per call
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-def infer(*args: str | Path, check: int | None = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "tools.infer", *map(str, args)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert "Traceback" not in r.stderr, r.stderr
-    if check is not None:
-        assert r.returncode == check, r.stderr
-    return r
-
-
-def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 2, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, r.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
+@pytest.fixture(scope="module")
+def infer(run_module):
+    """``infer(*args, check=0)``: ``python -m tools.infer args`` (conftest's ``run_module``)."""
+    return functools.partial(run_module, "tools.infer")
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -62,7 +47,7 @@ def pipe(tiny_artifact):
         yield p
 
 
-def test_single_image_writes_sowlv2_layout_and_coco_results(tiny_artifact, photo, pipe, tmp_path):
+def test_single_image_writes_sowlv2_layout_and_coco_results(infer, tiny_artifact, photo, pipe, tmp_path):
     path, image = photo
     out = tmp_path / "out"
     r = infer("--engines", tiny_artifact, "--input", path, "--prompt", *PROMPTS, "--output", out)
@@ -130,7 +115,7 @@ def _write_mode_images(folder: Path, make_image) -> dict[str, tuple[int, int]]:
             "cmyk": (60, 90), "rotated": (90, 60), "dot": (1, 1)}
 
 
-def test_folder_of_every_kind_with_bad_files_reported_and_skipped(tiny_artifact, tmp_path, make_image):
+def test_folder_of_every_kind_with_bad_files_reported_and_skipped(infer, tiny_artifact, tmp_path, make_image):
     folder = tmp_path / "in"
     folder.mkdir()
     sizes = _write_mode_images(folder, make_image)
@@ -177,7 +162,7 @@ def test_output_flags(tiny_artifact, photo, tmp_path, flags, present, absent):
     assert (out / "detections.json").is_file()
 
 
-def test_yaml_config_with_command_line_precedence(tiny_artifact, photo, tmp_path):
+def test_yaml_config_with_command_line_precedence(infer, tiny_artifact, photo, tmp_path):
     out = tmp_path / "out"
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -191,7 +176,7 @@ def test_yaml_config_with_command_line_precedence(tiny_artifact, photo, tmp_path
     assert not (out / "binary" / "merged").exists(), "merged: false from the file applies"
 
 
-def test_zero_detections_still_write_outputs(tiny_artifact, photo, tmp_path):
+def test_zero_detections_still_write_outputs(infer, tiny_artifact, photo, tmp_path):
     path, image = photo
     out = tmp_path / "out"
     r = infer("--engines", tiny_artifact, "--input", path, "--prompt", "cat", "--output", out, "--threshold", "1")
@@ -202,13 +187,13 @@ def test_zero_detections_still_write_outputs(tiny_artifact, photo, tmp_path):
     assert list((out / "binary" / "frames").iterdir()) == []
 
 
-def test_long_prompt_is_truncated_with_a_warning(tiny_artifact, photo, tmp_path):
+def test_long_prompt_is_truncated_with_a_warning(infer, tiny_artifact, photo, tmp_path):
     long = " ".join(["red car"] * 12)
     r = infer("--engines", tiny_artifact, "--input", photo[0], "--prompt", long, "--output", tmp_path / "o")
     assert any(line.startswith("warning:") and "truncated" in line for line in r.stderr.splitlines()), r.stderr
 
 
-def test_large_image(tiny_artifact, tmp_path, make_image):
+def test_large_image(infer, tiny_artifact, tmp_path, make_image):
     big = tmp_path / "big.jpg"
     Image.fromarray(make_image(600, 800, seed=33)).resize((8000, 6000), Image.NEAREST).save(big, quality=80)
     out = tmp_path / "out"
@@ -230,7 +215,7 @@ def tampered(tiny_artifact, tmp_path_factory) -> Path:
     return art
 
 
-def test_bad_inputs_are_one_line_errors(tiny_artifact, photo, tampered, tmp_path):
+def test_bad_inputs_are_one_line_errors(infer, one_error_line, tiny_artifact, photo, tampered, tmp_path):
     img = photo[0]
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
@@ -261,11 +246,11 @@ def test_bad_inputs_are_one_line_errors(tiny_artifact, photo, tampered, tmp_path
         ([*base, "--prompt", "cat", "--config", unknown_key], ["unknown option 'prompts'"]),
     ]
     for args, needles in cases:
-        assert_one_line_error(infer(*args, check=None), *needles)
+        one_error_line(infer(*args, check=None), *needles)
     assert not (out / "detections.json").exists()
 
 
-def test_tensorrt_requested_without_tensorrt(tiny_artifact, photo, tmp_path):
+def test_tensorrt_requested_without_tensorrt(infer, one_error_line, tiny_artifact, photo, tmp_path):
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -274,7 +259,7 @@ def test_tensorrt_requested_without_tensorrt(tiny_artifact, photo, tmp_path):
         pytest.skip("tensorrt is importable here")
     r = infer("--engines", tiny_artifact, "--input", photo[0], "--prompt", "cat", "--output", tmp_path / "o",
               "--backend", "tensorrt", check=None)
-    assert_one_line_error(r, "backend tensorrt was requested but tensorrt is not importable")
+    one_error_line(r, "backend tensorrt was requested but tensorrt is not importable")
 
 
 @pytest.mark.parametrize("engine_gpu,engine_trt,needles", [
