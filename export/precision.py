@@ -8,7 +8,7 @@ one FP32 ONNX file and writing one precision file, each testable alone (values u
   FP32 inputs/outputs kept) with the nodes of the graph's :class:`KeepFp32` policy kept in FP32.
   ``data_max=inf`` skips AutoCast's reference run, which marks every tensor as an output (48 s and
   13 GB on the SAM2 encoder, NOTES.md): what stays FP32 is decided here, from measurement
-  (``python -m tools.measure_precision``), not by AutoCast's range heuristics.
+  (``python -m tools.bench.precision``), not by AutoCast's range heuristics.
 * :func:`quantize_int8` — ModelOpt ONNX PTQ: symmetric INT8 with per-channel weights, explicit
   QuantizeLinear/DequantizeLinear pairs placed by ModelOpt's TensorRT-oriented rules (the inputs of
   Conv/MatMul/Gemm and the fusible residual Adds; LayerNorm, Softmax and attention matmuls of long
@@ -22,7 +22,7 @@ one FP32 ONNX file and writing one precision file, each testable alone (values u
 
 Parity of a precision graph is judged against the FP32 PyTorch module by cosine similarity per
 output (:data:`runtime.graphs.PRECISION_ACCEPTANCE`), the task-level IoU checks live in the tests
-and in ``tools.measure_precision``.
+and in ``tools.bench.precision``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class KeepFp32:
         return {"op_types": list(self.op_types), "scopes": list(self.scopes), "why": self.why}
 
 
-# Decided from measurement (tools/measure_precision.py: `ranges` for FP32 value ranges, FP16 variants
+# Decided from measurement (tools/bench/precision.py: `ranges` for FP32 value ranges, FP16 variants
 # on the full-size random-weight architectures; numbers in the closing report of issue 5). On CPU every
 # variant, even all-FP16, stays above cosine 0.99999 at full size: ONNX Runtime computes FP16 ops in
 # FP32 between casts, so what it cannot show (FP16 accumulation inside an op) is decided from the ranges:
@@ -565,7 +565,7 @@ def _modelopt_quantize(src: Path, out: Path, reader: FeedReader, method: str) ->
 # The export step: every graph at every requested precision, parity against PyTorch per precision.
 
 #: Graphs that stay FP16 in an ``--int8`` artifact, and why (measured; see the module docstring of
-#: tools/measure_precision.py for how). Their ``int8`` entry in the manifest points at the FP16 file.
+#: tools/bench/precision.py for how). Their ``int8`` entry in the manifest points at the FP16 file.
 INT8_KEEP_FP16: dict[str, str] = {
     "owl_text": "runs once per prompt set, not per image; INT8 moved the labels of the tiny pipeline's five best "
                 "detections (85 % agree, 100 % with it FP16) and its entropy calibration fails (max fallback)",

@@ -1,7 +1,7 @@
 """Wall time per stage, accumulated by the pipeline and the tracker as they run.
 
 Always on: a span is two ``perf_counter`` calls and a dict update (~1 µs), nothing next to a graph
-call. ``tools.benchmark`` and ``tools.measure_tracking`` read it; users can too::
+call. ``tools.benchmark`` and ``tools.bench.tracking`` read it; users can too::
 
     pipe.timer.reset()
     pipe.predict(image, prompts)

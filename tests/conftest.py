@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import pytest
 
-from tools.synthetic import synthetic_image
+from tools.bench.synthetic import synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ On TensorRT, where the encoders are queued on two CUDA streams and overlap, the 
 as many runs again with every queued call waited for in its stage (``runtime.profiling``).
 
 The PyTorch reference loads the checkpoints the artifact was exported from (``manifest.sources``, or
-``--owl-model/--sam-model``) and runs ``tools.torch_baseline``'s stages on the same images, prompts and
+``--owl-model/--sam-model``) and runs ``tools.bench.torch_pipeline``'s stages on the same images, prompts and
 boxes: *fair* (text cached, one SAM2 encoder pass per image, all boxes in one decoder call) and
 *sowlv2* (text per image, a SAM2 encoder pass per box, as SOWLv2 runs it). ``--torch auto`` runs it
 when torch and transformers import; ``on`` requires it.
@@ -67,7 +67,7 @@ def load_images(folder: str | None, limit: int) -> list[tuple[str, np.ndarray]]:
     from runtime.video_io import IMAGE_SUFFIXES
 
     if folder is None:
-        from tools.synthetic import synthetic_image
+        from tools.bench.synthetic import synthetic_image
 
         return [("synthetic-1280x720", synthetic_image(*DEFAULT_IMAGE_HW, seed=0))]
     path = Path(folder)
@@ -194,7 +194,7 @@ def prompt_sweep(pipe: Any, images: list[tuple[str, np.ndarray]], counts: Sequen
 
 
 # ----------------------------------------------------------------------------------------------
-# The PyTorch reference (tools.torch_baseline's stages on the artifact's source checkpoints)
+# The PyTorch reference (tools.bench.torch_pipeline's stages on the artifact's source checkpoints)
 
 
 def grid_boxes(h: int, w: int, n: int) -> list[list[float]]:

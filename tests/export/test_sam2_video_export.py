@@ -24,7 +24,7 @@ from export.sam2_video import (NO_OBJ_SCORE, Sam2MemoryAttention, Sam2MemoryEnco
 from runtime.errors import UserError
 from runtime.graphs import DYNAMIC_DIMS, GRAPHS, SAM2_VIDEO_GRAPHS
 from runtime.manifest import PARITY_NAME, load_manifest
-from tools.synthetic import MovingShapes
+from tools.bench.synthetic import MovingShapes
 
 NUM_FRAMES = 20
 # wrappers recompute the reference's float32 arithmetic in another order here and there (batched

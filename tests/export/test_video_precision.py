@@ -2,7 +2,7 @@
 manifest's entries and parity rows, and tracking at each precision against FP32 tracking.
 
 The tracking checks follow ``runtime.graphs.PRECISION_ACCEPTANCE``: every object's mask on each of
-the first ``FRAMES`` frames of a generated video (``tools.synthetic.MovingShapes``, box prompts on
+the first ``FRAMES`` frames of a generated video (``tools.bench.synthetic.MovingShapes``, box prompts on
 frame 0) matches the FP32 tracker's with mask IoU >= ``min_mask_iou`` of the precision. FP16 is
 compared with the all-FP32 tracker. INT8 is compared with the FP32 video graphs on the same INT8
 ``sam2_image`` features: the INT8 image encoder is the image pipeline's (judged there, with its own
@@ -29,7 +29,7 @@ from runtime.manifest import PARITY_NAME, graph_file_name, load_manifest, sha256
 from runtime.metrics import mask_iou
 from runtime.preprocessing import OwlPreprocessing, Sam2Preprocessing
 from runtime.tracker import Sam2Tracker, ort_objects_per_call, track
-from tools.synthetic import MovingShapes
+from tools.bench.synthetic import MovingShapes
 
 VIDEO = [g.name for g in SAM2_VIDEO_GRAPHS]
 # frame 7 is the first to attend a full bank of num_maskmem (7) memories

@@ -17,7 +17,7 @@ from runtime.owl import Detections, OwlDetector
 from runtime.preprocessing import Sam2Preprocessing
 from runtime.tracker import (Sam2Tracker, TrackedFrame, _Track, from_bfloat16_bits, mask_boxes, to_bfloat16_bits,
                              track)
-from tools.synthetic import MovingShapes
+from tools.bench.synthetic import MovingShapes
 
 MIN_IOU = 0.98
 

@@ -19,7 +19,7 @@ from runtime.manifest import load_manifest
 from runtime.metrics import mask_iou
 from runtime.preprocessing import Sam2Preprocessing
 from runtime.tracker import DEVICE_WAIT, TRACKING_GRAPHS, Sam2Tracker, runs_on_streams, track
-from tools.synthetic import MovingShapes
+from tools.bench.synthetic import MovingShapes
 
 MIN_IOU = 0.98
 

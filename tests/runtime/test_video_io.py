@@ -11,7 +11,7 @@ from PIL import Image
 
 from runtime.errors import UserError
 from runtime.video_io import VideoReadError, open_frames
-from tools.synthetic import MovingShapes
+from tools.bench.synthetic import MovingShapes
 
 av = pytest.importorskip("av")
 

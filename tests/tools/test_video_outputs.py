@@ -12,7 +12,7 @@ from runtime.errors import UserError
 from runtime.tracker import TrackedFrame, mask_boxes
 from runtime.video_io import VideoReadError, open_frames
 from tools.outputs import OutputOptions
-from tools.synthetic import MovingShapes
+from tools.bench.synthetic import MovingShapes
 from tools.video_outputs import VideoOutputs, run_video, write_video_outputs
 
 av = pytest.importorskip("av")

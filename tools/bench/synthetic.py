@@ -1,6 +1,6 @@
 """Generated images and videos for tests, calibration and measurements (no downloaded data).
 
-    from tools.synthetic import MovingShapes, synthetic_image
+    from tools.bench.synthetic import MovingShapes, synthetic_image
     image = synthetic_image(480, 640, seed=0)   # HxWx3 uint8: smooth background, a few bright shapes
     video = MovingShapes(num_frames=30, height=96, width=128, num_shapes=3, seed=0)
     for frame in video: ...            # HxWx3 uint8 RGB, generated on demand

@@ -5,8 +5,8 @@ segmentation), full-size architectures with RANDOM weights (no hub access needed
 Self-contained on purpose: needs only torch, torchvision, transformers, numpy and pillow, and imports
 nothing from the rest of this repository, so it can be copied onto any GPU box and run as
 
-    python tools/torch_baseline.py --runs 10 --warmup 3 --json torch_baseline.json
-    python -m tools.torch_baseline --device cpu --runs 1 --warmup 0 --modes eager-fp32 --boxes 2
+    python tools/bench/torch_pipeline.py --runs 10 --warmup 3 --json torch_baseline.json
+    python -m tools.bench.torch_pipeline --device cpu --runs 1 --warmup 0 --modes eager-fp32 --boxes 2
 
 Random weights give the same latency as the real checkpoints (same shapes, same kernels); only the number
 of detections is meaningless, which is why the SAM2 boxes here are synthetic and fixed (``--boxes``).

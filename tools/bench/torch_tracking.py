@@ -1,19 +1,19 @@
 """PyTorch tracking baseline: frames/s of transformers' own ``Sam2VideoModel`` streaming video inference
-for 1, 4 and 16 box-prompted objects, to set beside ``tools.measure_tracking`` (our tracker).
+for 1, 4 and 16 box-prompted objects, to set beside ``tools.bench.tracking`` (our tracker).
 
-    python -m tools.torch_tracking_baseline [--device cuda|cpu] [--arch hiera-small|hiera-tiny | --model DIR]
+    python -m tools.bench.torch_tracking [--device cuda|cpu] [--arch hiera-small|hiera-tiny | --model DIR]
                                             [--objects 1 4 16] [--frames 20] [--warmup 15] [--size 480x640]
                                             [--modes eager-fp32,autocast-fp16] [--threads N] [--json FILE]
 
 Without ``--model`` the model has random weights (re-initialised to order-1 outputs, as
-``tools.measure_fullsize`` does) and the real architecture of ``facebook/sam2.1-<arch>``: the image
-model from ``tools.measure_fullsize.sam2_config`` and transformers' default memory modules, which are
-those of every SAM2.1 size (the same model ``tools.measure_tracking`` exports). The work per frame
+``tools.bench.fullsize`` does) and the real architecture of ``facebook/sam2.1-<arch>``: the image
+model from ``tools.bench.fullsize.sam2_config`` and transformers' default memory modules, which are
+those of every SAM2.1 size (the same model ``tools.bench.tracking`` exports). The work per frame
 does not depend on the weights. ``--model DIR`` loads a local ``Sam2VideoModel`` checkpoint and its
 ``Sam2VideoProcessor`` instead (e.g. ``DIR/sam2`` of ``python -m tools.tiny_checkpoints DIR``).
 
-The video is ``tools.synthetic.MovingShapes(None, H, W, num_shapes=N, seed=0, speed=4.0)`` with the
-boxes ``.boxes(0)`` on frame 0: the same frames and boxes as ``tools.measure_tracking speed``. Frames
+The video is ``tools.bench.synthetic.MovingShapes(None, H, W, num_shapes=N, seed=0, speed=4.0)`` with the
+boxes ``.boxes(0)`` on frame 0: the same frames and boxes as ``tools.bench.tracking speed``. Frames
 are generated before the clock starts. Each (mode, object count) row is a fresh session, streamed
 the way transformers documents it: ``processor.init_video_session(inference_device=...)``, then for
 frame 0 ``processor.add_inputs_to_inference_session(session, frame_idx=0, obj_ids=[1..N],
@@ -22,7 +22,7 @@ frame=pixel_values, frame_idx=t)`` per frame. Frame 0 is the prompted frame and 
 are tracked untimed, so that every timed frame attends to a full memory bank: ``--warmup`` must be at
 least ``num_maskmem - 1`` (6 for SAM2.1: the bank is the prompted frame plus the 6 previous
 frames); the default 15 also fills the object-pointer list (``max_object_pointers_in_encoder`` = 16,
-the prompted frame's and 15 previous ones), the steady state ``tools.measure_tracking`` times.
+the prompted frame's and 15 previous ones), the steady state ``tools.bench.tracking`` times.
 
 Per timed frame, each stage synchronised on CUDA before and after:
     preprocess     processor(images=frame, device=device): the image processor (resize to 1024, rescale,
@@ -42,7 +42,7 @@ Per timed frame, each stage synchronised on CUDA before and after:
 ``frames_per_s`` = 1000 / ``ms_per_frame``. The stage medians need not add up to it exactly.
 
 Modes (``--modes``, comma separated): eager-fp32; autocast-fp16 (on CPU: bfloat16 autocast instead,
-with a note, as ``tools.torch_baseline``); autocast-bf16. Autocast wraps the image encoder and the
+with a note, as ``tools.bench.torch_pipeline``); autocast-bf16. Autocast wraps the image encoder and the
 tracking call; pre- and post-processing run outside it.
 
 Memory (CUDA): ``peak_gpu_memory_gib`` is ``torch.cuda.max_memory_allocated`` over the row (weights
@@ -69,8 +69,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
-from tools.measure_fullsize import SAM_ARCHES
-from tools.measure_tracking import _size
+from tools.bench.fullsize import SAM_ARCHES
+from tools.bench.tracking import _size
 
 MODES = ("eager-fp32", "autocast-fp16", "autocast-bf16")
 STAGES = ("preprocess", "image_encoder", "tracking", "postprocess")
@@ -98,7 +98,7 @@ def build_model(arch: str | None, model_dir: str | None, seed: int = 0) -> tuple
 
     import torch
 
-    from tools.measure_fullsize import sam2_config
+    from tools.bench.fullsize import sam2_config
     from tools.tiny_checkpoints import reinitialise
 
     torch.manual_seed(seed)
@@ -236,7 +236,7 @@ def track_row(model: Any, processor: Any, device: Any, amp: Any, frames: list, b
 
 
 def markdown(report: dict[str, Any]) -> str:
-    from tools.torch_baseline import fmt  # imports torch: only once there is a report
+    from tools.bench.torch_pipeline import fmt  # imports torch: only once there is a report
     m, c = report["machine"], report["config"]
     lines = [
         f"command: `{report['command']}`",
@@ -288,7 +288,7 @@ def _modes(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = OneLineArgumentParser(prog="python -m tools.torch_tracking_baseline", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m tools.bench.torch_tracking", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available, else cpu")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--arch", choices=tuple(SAM_ARCHES), help="random-weight architecture (default hiera-small)")
@@ -317,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch  # imported here, not at the top, to keep --help and flag errors fast
 
-    from tools.synthetic import MovingShapes
-    from tools.torch_baseline import command_line, machine_info, parse_mode
+    from tools.bench.synthetic import MovingShapes
+    from tools.bench.torch_pipeline import command_line, machine_info, parse_mode
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             "size_hw": [h, w],
             "modes": args.modes,
             "torch_threads": torch.get_num_threads(),
-            "video": "tools.synthetic.MovingShapes(None, H, W, num_shapes=objects, seed=0, speed=4.0), boxes(0)",
+            "video": "tools.bench.synthetic.MovingShapes(None, H, W, num_shapes=objects, seed=0, speed=4.0), boxes(0)",
             "breakdown": "per stage, synchronised: preprocess, image_encoder (get_image_features, cached in the "
                          "session), tracking (model call), postprocess (post_process_masks + copy to host)",
             "model_build_s": build_s,

@@ -1,6 +1,6 @@
 """Export time, peak memory and CPU latency (PyTorch eager vs ONNX Runtime) of the exported graphs.
 
-    python -m tools.measure_fullsize [--arch owlv2-b16|hiera-small|hiera-tiny | --model DIR]
+    python -m tools.bench.fullsize [--arch owlv2-b16|hiera-small|hiera-tiny | --model DIR]
                                      [--graphs owl_image sam2_decoder ...] [--prompts 4] [--boxes 1 16]
                                      [--runs 3] [--threads 2] [--parity] [--out DIR] [--json FILE]
 
@@ -235,12 +235,12 @@ def format_markdown(results: list[dict[str, Any]], threads: int, runs: int) -> s
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from runtime.graphs import GRAPHS
 
-    p = OneLineArgumentParser(prog="python -m tools.measure_fullsize", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m tools.bench.fullsize", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()
     src.add_argument("--arch", choices=ARCHES, help="random-weight architecture (default: owlv2-b16 for OWL "
                      "graphs, hiera-small for SAM2 graphs)")
     src.add_argument("--model", help="a local checkpoint directory (of the graphs' family) instead of random weights")
-    image_graphs = sorted(n for n, g in GRAPHS.items() if not g.video)  # tools.measure_tracking times video
+    image_graphs = sorted(n for n, g in GRAPHS.items() if not g.video)  # tools.bench.tracking times video
     p.add_argument("--graphs", nargs="+", choices=image_graphs, default=image_graphs)
     p.add_argument("--prompts", nargs="+", type=whole_number(), default=[4], help="prompt counts to time")
     p.add_argument("--boxes", nargs="+", type=whole_number(), default=[1, 16], help="decoder box counts to time")
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or tmp
         results = []
         for name in args.graphs:
-            cmd = [sys.executable, "-m", "tools.measure_fullsize", "--worker", name, "--out", out,
+            cmd = [sys.executable, "-m", "tools.bench.fullsize", "--worker", name, "--out", out,
                    "--runs", str(args.runs), "--threads", str(args.threads), "--seed", str(args.seed),
                    "--boxes", *map(str, args.boxes), "--prompts", *map(str, args.prompts), "--init", args.init]
             cmd += ["--model", args.model] if args.model else ["--arch", arch_for(name, args.arch)]

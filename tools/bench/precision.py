@@ -1,14 +1,14 @@
 """Numerics and speed of the FP16 / INT8 graphs on CPU: parity tables, conversion times, latency.
 
-    python -m tools.measure_precision checkpoints OUT [--seed N]
+    python -m tools.bench.precision checkpoints OUT [--seed N]
         writes full-size random-weight OWLv2-B/16 (960 px) and SAM2.1-hiera-small checkpoints
         (Hugging Face format, the tiny checkpoints' real CLIP BPE tokenizer) to OUT/owlv2, OUT/sam2
-    python -m tools.measure_precision parity --engines DIR --owl-model DIR --sam-model DIR
+    python -m tools.bench.precision parity --engines DIR --owl-model DIR --sam-model DIR
                                              [--images N] [--json FILE]
         task-level parity of every precision in DIR against the FP32 PyTorch pipeline
         (transformers' Owlv2ForObjectDetection / Sam2Model with their processors): detections
         matched by IoU, top-5 labels, masks IoU, and per-graph output cosine vs PyTorch
-    python -m tools.measure_precision latency --engines DIR [--runs 3] [--threads 2] [--json FILE]
+    python -m tools.bench.precision latency --engines DIR [--runs 3] [--threads 2] [--json FILE]
         ONNX Runtime CPU latency of each graph at every precision in DIR (median of --runs)
 
 Random weights: every parameter is re-drawn with ``tools.tiny_checkpoints.reinitialise`` (PyTorch's
@@ -32,8 +32,8 @@ from typing import Any
 from runtime.errors import OneLineArgumentParser, run_cli, whole_number
 from runtime.manifest import PRECISIONS
 from runtime.metrics import box_iou, mask_iou
-from tools.measure_fullsize import median_ms
-from tools.synthetic import synthetic_image
+from tools.bench.fullsize import median_ms
+from tools.bench.synthetic import synthetic_image
 
 # OWLv2-B/16 (google/owlv2-base-patch16-ensemble): CLIP B/16 towers, 960 px, 16-token queries.
 OWL_BASE = dict(
@@ -51,7 +51,7 @@ def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print) -> tuple[Pat
     from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor,
                               Sam2ImageProcessor, Sam2Model, Sam2Processor)
 
-    from tools.measure_fullsize import sam2_config
+    from tools.bench.fullsize import sam2_config
     from tools.tiny_checkpoints import (OWL_LOGIT_SCALE_BIAS, OWL_LOGIT_SHIFT_BIAS, SAM_OBJECT_SCORE_BIAS,
                                         build_tokenizer, reinitialise)
 
@@ -443,7 +443,7 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineArgumentParser(prog="python -m tools.measure_precision", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m tools.bench.precision", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("checkpoints", help="write full-size random-weight checkpoints")
     c.add_argument("out", type=Path)

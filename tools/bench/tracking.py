@@ -1,11 +1,11 @@
 """Tracking speed and memory on ONNX Runtime (CPU): frames/s per object count, time per stage, RSS.
 
-    python -m tools.measure_tracking speed [--arch hiera-small|hiera-tiny] [--objects 1 4 16] [--frames 3]
+    python -m tools.bench.tracking speed [--arch hiera-small|hiera-tiny] [--objects 1 4 16] [--frames 3]
                                            [--objects-per-call N] [--threads 2] [--size 480x640] [--json F]
-    python -m tools.measure_tracking rss --engines DIR [--frames 10000] [--size 240x320] [--objects 3]
+    python -m tools.bench.tracking rss --engines DIR [--frames 10000] [--size 240x320] [--objects 3]
                                          [--redetect-every N --prompt P ...]
 
-``speed`` builds a random-weight ``Sam2VideoModel`` with the real architecture (``tools.measure_fullsize``'s
+``speed`` builds a random-weight ``Sam2VideoModel`` with the real architecture (``tools.bench.fullsize``'s
 configs; the memory modules are transformers' defaults, those of every SAM2.1 size), exports
 ``sam2_image`` and the five video graphs, and tracks N box-prompted objects through a generated video.
 Timing starts once every object's memory bank is full (7 memories, 16 pointers: the steady state of
@@ -57,7 +57,7 @@ def build_fullsize_graphs(arch: str, out: Path, threads: int, say) -> tuple[dict
     from export.sam2_video import sam2_video_graph_exports, sam2_video_sizes
     from runtime.backends.onnxruntime import OrtGraph
     from runtime.graphs import SAM2_IMAGE
-    from tools.measure_fullsize import sam2_config
+    from tools.bench.fullsize import sam2_config
 
     torch.manual_seed(0)
     image_cfg = sam2_config(arch)
@@ -96,7 +96,7 @@ def fill_banks(tracker, t: int) -> None:
 def speed(args: argparse.Namespace) -> int:
     from runtime.graphs import SAM2_MEMORY_ATTENTION
     from runtime.tracker import Sam2Tracker
-    from tools.synthetic import MovingShapes
+    from tools.bench.synthetic import MovingShapes
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     h, w = args.size
@@ -152,7 +152,7 @@ def rss(args: argparse.Namespace) -> int:
     from runtime.manifest import load_manifest
     from runtime.owl import OwlDetector
     from runtime.tracker import Sam2Tracker, track
-    from tools.synthetic import MovingShapes
+    from tools.bench.synthetic import MovingShapes
 
     if args.engines is None:
         raise UserError("rss needs --engines DIR (an artifact exported with python -m export.build --video)")
@@ -181,7 +181,7 @@ def rss(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = OneLineArgumentParser(prog="python -m tools.measure_tracking", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m tools.bench.tracking", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("speed", help="frames/s and per-stage time of full-size random-weight tracking")
     s.add_argument("--arch", choices=("hiera-small", "hiera-tiny"), default="hiera-small")

@@ -1,4 +1,4 @@
-"""python -m tools.torch_tracking_baseline on CPU with the tiny SAM2 checkpoint: a row per object count
+"""python -m tools.bench.torch_tracking on CPU with the tiny SAM2 checkpoint: a row per object count
 and mode with consistent numbers, the configuration recorded, and one-line errors for bad flags."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ STAGES = ("preprocess", "image_encoder", "tracking", "postprocess")
 
 @pytest.fixture(scope="module")
 def baseline(run_module):
-    """``baseline(*args, check=0)``: ``python -m tools.torch_tracking_baseline args`` (``run_module``)."""
-    return functools.partial(run_module, "tools.torch_tracking_baseline")
+    """``baseline(*args, check=0)``: ``python -m tools.bench.torch_tracking args`` (``run_module``)."""
+    return functools.partial(run_module, "tools.bench.torch_tracking")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_the_configuration_and_machine_are_recorded(report, tiny_checkpoints):
     assert c["model"] == c["model_dir"] == str(tiny_checkpoints.sam)
     assert (c["objects"], c["frames"], c["warmup"], c["size_hw"]) == ([1, 2], 2, 6, [48, 64])
     assert c["num_maskmem"] == 7 and c["torch_threads"] == 1 and c["params_m"] > 0
-    assert "tools.torch_tracking_baseline" in data["command"]
+    assert "tools.bench.torch_tracking" in data["command"]
     assert data["markdown"] in stdout
     assert "| eager-fp32 | 2 |" in stdout and "| autocast-bf16 | 1 |" in stdout
 
