@@ -361,19 +361,31 @@ def _run_video(pipe, path: Path, prompts, options, args, t0: float) -> int:
 
 
 def _run_images(pipe, files: list[Path], is_folder: bool, prompts, options, args, t0: float) -> int:
-    """Decode ahead on ``workers`` threads, predict on this one, write behind (``OutputWriter``)."""
+    predict_kw = dict(threshold=args.threshold, nms_iou=args.nms_iou, max_detections=args.max_detections)
+    out, skipped = run_images(pipe, files, is_folder, prompts, args.output, options, overwrite=args.overwrite,
+                              workers=args.workers, **predict_kw)
+    n, found = len(files) - len(skipped), len(out.rows)
+    print(f"wrote {out.root}: {n} image{'s' * (n != 1)}, {found} detection{'s' * (found != 1)}, {out.files} files"
+          f"{f', {len(skipped)} skipped' if skipped else ''} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def run_images(pipe, files: list[Path], is_folder: bool, prompts, output: str | Path, options, *,
+               overwrite: bool = False, workers: int | None = None, progress: bool = True, **predict_kw):
+    """Predict and write SOWLv2's tree for ``files``: decoded ahead on two threads, predicted on this
+    one, written behind by an ``OutputWriter`` (so a folder's writing overlaps the next image's
+    prediction). Returns ``(the closed writer, skipped files)``; a folder's unreadable images are
+    reported and skipped, a single image's error raised."""
     from tqdm import tqdm
 
     from runtime.images import load_image
     from tools.outputs import OutputWriter, folder_names
 
-    predict_kw = dict(threshold=args.threshold, nms_iou=args.nms_iou, max_detections=args.max_detections)
     folders = folder_names(files) if is_folder else [""]
-    workers = args.workers or None
     skipped: list[Path] = []
     bar = tqdm(total=len(files), unit="image", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
-               disable=len(files) == 1)
-    with OutputWriter(args.output, options, overwrite=args.overwrite, workers=workers) as out, \
+               disable=len(files) == 1 or not progress)
+    with OutputWriter(output, options, overwrite=overwrite, workers=workers) as out, \
             ThreadPoolExecutor(2, thread_name_prefix="decode") as readers:
         todo = iter(range(len(files)))
         reads: deque[tuple[int, Future]] = deque()
@@ -405,11 +417,7 @@ def _run_images(pipe, files: list[Path], is_folder: bool, prompts, options, args
             for _, f in reads:
                 f.cancel()
             bar.close()
-    n = len(files) - len(skipped)
-    found = len(out.rows)
-    print(f"wrote {out.root}: {n} image{'s' * (n != 1)}, {found} detection{'s' * (found != 1)}, {out.files} files"
-          f"{f', {len(skipped)} skipped' if skipped else ''} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return 1 if skipped else 0
+    return out, skipped
 
 
 class _Formatter(logging.Formatter):

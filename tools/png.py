@@ -29,7 +29,7 @@ _SUB = 1  # PNG filter type: each byte minus the byte one pixel to its left
 _BAND_BYTES = 1 << 18  # rows per band: about 256 KiB of pixels
 _ADLER_BASE = 65521
 
-#: ``edit(block, top)``: change ``block`` (a copy of the base rows from row ``top``) in place.
+#: ``edit(block, top)``: change ``block`` (a copy of the base rows from row ``top`` on) in place.
 Edit = Callable[[np.ndarray, int], None]
 
 
@@ -63,8 +63,8 @@ class PngCanvas:
     """A base image (H x W gray or H x W x 3 RGB, uint8) whose PNG encoding is kept per band of rows.
 
     ``png()`` is the base image's PNG; ``png(y0, y1, edit)`` the PNG of the base image with rows
-    ``y0:y1`` changed by ``edit`` (called on a band-aligned copy of the base rows that cover them),
-    re-encoding only those bands. Thread-safe: writers share one canvas per image.
+    ``y0:y1`` changed by ``edit``, called on a copy of each band of rows that covers them (with the
+    band's first row index), re-encoding only those bands. Thread-safe: writers share one canvas per image.
     """
 
     def __init__(self, pixels: np.ndarray, band_rows: int | None = None, uniform: bool = False) -> None:
@@ -108,12 +108,10 @@ class PngCanvas:
         n_bands = -(-self.height // b)
         changed: dict[int, tuple[bytes, int, int]] = {}
         if edit is not None and y1 > y0:
-            first, last = max(0, y0) // b, (min(y1, self.height) - 1) // b
-            top, bottom = first * b, min(self.height, (last + 1) * b)
-            block = self.pixels[top:bottom].copy()
-            edit(block, top)
-            for i in range(first, last + 1):
-                changed[i] = self._encode_band(block[i * b - top : min(bottom, (i + 1) * b) - top])
+            for i in range(max(0, y0) // b, (min(y1, self.height) - 1) // b + 1):
+                band = self.pixels[i * b : (i + 1) * b].copy()  # band by band: stays in cache
+                edit(band, i * b)
+                changed[i] = self._encode_band(band)
         parts = [self._head, chunk(b"IDAT", _ZLIB_HEADER)]
         adler = 1
         for i in range(n_bands):
