@@ -188,6 +188,10 @@ class VideoOutputs:
             raise UserError(f"could not finish {len(errors)} output file(s), first: {errors[0]}")
         return path
 
+    @property
+    def objects(self) -> int:
+        return len(self._objects)
+
     def _raise(self) -> None:
         if self._error is not None:
             raise self._error
@@ -295,7 +299,12 @@ def run_video(pipe: Any, path: Path, prompts: Sequence[str], out: Path, *, optio
                     outputs.write(result, n)
                     bar.update(n)
                     bar.set_postfix(objects=len(result), refresh=False)
-        finally:
-            outputs.close()
-    return {"frames": outputs.frames, "objects": len(outputs._objects), "fps": fps, "source_fps": source_fps,
+        except BaseException:
+            try:
+                outputs.close()  # the frames before the error, finished
+            except UserError as e:
+                log.warning("%s", e)
+            raise
+        outputs.close()
+    return {"frames": outputs.frames, "objects": outputs.objects, "fps": fps, "source_fps": source_fps,
             "stage_ms_per_frame": tracker.timer.per_frame_ms()}
