@@ -153,11 +153,14 @@ def _clear_partials(entries: Path, key: str) -> None:
 
 def cached_artifact(owl_model: str, sam_model: str, precision: str = "fp32", video: bool = False, *,
                     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
-                    export: Callable[[Path, Path, str, bool, Path], None] = _export) -> tuple[Path, Callable[[str], Path]]:
+                    export: Callable[[Path, Path, str, bool, Path], None] | None = None
+                    ) -> tuple[Path, Callable[[str], Path]]:
     """``(engines directory, rebuild)`` for the two checkpoints: the cached entry, exported first
-    if there is none. ``rebuild(reason)`` exports it again (for an entry that fails verification)."""
+    if there is none (by ``export(owl, sam, precision, video, out)``, default ``python -m
+    export.build``). ``rebuild(reason)`` exports it again (for an entry that fails verification)."""
     from runtime.manifest import PRECISIONS
 
+    export = export or _export
     if precision not in ("fp32", "fp16"):
         choices = f"one of {', '.join(PRECISIONS)}"
         if precision == "int8":
