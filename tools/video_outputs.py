@@ -39,8 +39,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from runtime.errors import UserError
-from tools.outputs import (BINARY, FRAMES, MERGED, OVERLAY, OutputOptions, PromptColors, blend, image_jobs,
-                           prompt_slug, write_atomic)
+from tools.outputs import (BINARY, OVERLAY, OutputOptions, PromptColors, blend, image_jobs, prompt_slug,
+                           write_atomic)
 
 log = logging.getLogger("tools.video")
 
