@@ -249,12 +249,19 @@ def _warn_models_ignored(args: argparse.Namespace) -> None:
                         key.replace("_", "-"), given, args.engines, (sources.get(family) or {}).get("model"))
 
 
+def _ort_cuda() -> bool:
+    from runtime.backends.onnxruntime import import_onnxruntime
+
+    return "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
+
+
 def device_choice(engines: Path, device: str | None, backend: str, precision: str) -> tuple[str, tuple[str, ...]]:
     """``(backend, ONNX Runtime providers)`` for ``--device``: cpu is ONNX Runtime on the CPU; cuda is
-    TensorRT when it can run this artifact, else ONNX Runtime's CUDA provider, else an error naming why."""
+    TensorRT when it can run this artifact, else ONNX Runtime's CUDA provider, else an error naming
+    why; unset, ``--backend`` decides and ONNX Runtime takes its CUDA provider where it has one."""
     cpu = ("CPUExecutionProvider",)
     if device is None:
-        return backend, cpu
+        return backend, (("CUDAExecutionProvider",) + cpu if backend != "tensorrt" and _ort_cuda() else cpu)
     if device == "cpu":
         if backend == "tensorrt":
             raise UserError("--device cpu and --backend tensorrt contradict each other (TensorRT runs on CUDA); drop one")
@@ -271,23 +278,28 @@ def device_choice(engines: Path, device: str | None, backend: str, precision: st
             if backend == "tensorrt":
                 raise UserError(f"--device cuda: {e}") from None
             why_not_trt = str(e)
-    from runtime.backends.onnxruntime import import_onnxruntime
-
-    if "CUDAExecutionProvider" in import_onnxruntime().get_available_providers():
+    if _ort_cuda():
         return "onnxruntime", ("CUDAExecutionProvider",)
     raise UserError(f"--device cuda cannot be met: TensorRT cannot run ({why_not_trt.rstrip('.')}) and ONNX Runtime has "
                     "no CUDA provider (pip install 'owlsam-trt[gpu]', without [ort]); or pass --device cpu")
 
 
 def _check_providers(pipe: Any, providers: tuple[str, ...]) -> None:
-    """ONNX Runtime quietly runs on the CPU when a provider cannot start: refuse that for --device cuda."""
-    if providers[0] == "CPUExecutionProvider":
+    """ONNX Runtime quietly runs on the CPU when its CUDA provider cannot start: an error for
+    --device cuda (providers: CUDA alone), a log line otherwise."""
+    if providers[0] == "CPUExecutionProvider" or pipe.backend != "onnxruntime":
         return
     for graph in (pipe.owl.image, pipe.sam.image, pipe.sam.decoder):
         session = getattr(graph, "session", None)
-        if session is not None and providers[0] not in session.get_providers():
+        if session is None or providers[0] in session.get_providers():
+            continue
+        if len(providers) == 1:
             raise UserError(f"--device cuda: ONNX Runtime could not start {providers[0]} for {graph.spec.name} "
                             f"(it runs {', '.join(session.get_providers())}); check the CUDA install or pass --device cpu")
+        log.warning("ONNX Runtime could not start %s for %s; it runs on %s", providers[0], graph.spec.name,
+                    ", ".join(session.get_providers()))
+        return
+    log.info("ONNX Runtime runs on %s", providers[0])
 
 
 def load_pipeline(args: argparse.Namespace, video: bool):
@@ -433,6 +445,7 @@ def setup_logging() -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("runtime.pipeline").setLevel(logging.INFO)
+    logging.getLogger("tools.infer").setLevel(logging.INFO)
 
 
 def cli(argv: list[str] | None = None) -> None:
