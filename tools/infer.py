@@ -306,13 +306,17 @@ def load_pipeline(args: argparse.Namespace, video: bool):
     from runtime.pipeline import Pipeline
 
     engines, rebuild = engines_dir(args, video)
-    backend, providers = device_choice(engines, args.device, args.backend, args.precision)
+
+    def load(root: Path):
+        backend, providers = device_choice(root, args.device, args.backend, args.precision)
+        return Pipeline.load(root, backend=backend, precision=args.precision, providers=providers), providers
+
     try:
-        pipe = Pipeline.load(engines, backend=backend, precision=args.precision, providers=providers)
+        pipe, providers = load(engines)
     except ArtifactError as e:
         if rebuild is None:
             raise
-        pipe = Pipeline.load(rebuild(str(e)), backend=backend, precision=args.precision, providers=providers)
+        pipe, providers = load(rebuild(str(e)))  # a cached export that fails verification: exported again
     try:
         _check_providers(pipe, providers)
     except BaseException:
