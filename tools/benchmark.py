@@ -222,7 +222,7 @@ def bench_torch(owl_path: str, sam_path: str, images: list[tuple[str, np.ndarray
     from PIL import Image
     from transformers import Owlv2ForObjectDetection, Owlv2Processor, Sam2Model, Sam2Processor
 
-    from tools import torch_baseline as tb
+    from tools.bench import torch_pipeline as tb
 
     device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
