@@ -349,11 +349,11 @@ class Sam2Tracker:
         host memory only for what the host writes or reads (see the stream policy above)."""
         frame, memory = self.streams
         embed = _MA_IN["embed"]
-        plan = {SAM2_IMAGE: (frame, None, ()), SAM2_MEMORY_ATTENTION: (frame, [n for n in _MA_IN.values() if n != embed], ()),
-                SAM2_TRACK_DECODER: (frame, (), (_TD_MASKS, _TD_SCORES)), SAM2_OBJECT_POINTER: (frame, None, (_OP_OUT,)),
-                SAM2_PROMPT_DECODER: (frame, (_PD_BOXES,), (_PD_MASKS, _PD_SCORES, _PD_TOKEN)),
-                SAM2_MEMORY_ENCODER: (memory, [n for n in _ME_IN.values() if n != _ME_IN["embed"]], (_ME_FEATURES, _ME_POS))}
-        for spec, (stream, host_inputs, host_outputs) in plan.items():
+        plan = [(SAM2_IMAGE, frame, None, ()), (SAM2_MEMORY_ATTENTION, frame, [n for n in _MA_IN.values() if n != embed], ()),
+                (SAM2_TRACK_DECODER, frame, (), (_TD_MASKS, _TD_SCORES)), (SAM2_OBJECT_POINTER, frame, None, (_OP_OUT,)),
+                (SAM2_PROMPT_DECODER, frame, (_PD_BOXES,), (_PD_MASKS, _PD_SCORES, _PD_TOKEN)),
+                (SAM2_MEMORY_ENCODER, memory, [n for n in _ME_IN.values() if n != _ME_IN["embed"]], (_ME_FEATURES, _ME_POS))]
+        for spec, stream, host_inputs, host_outputs in plan:
             self.graphs[spec.name].prepare(stream, host_inputs=host_inputs, host_outputs=host_outputs)
 
     # --- graph calls ---------------------------------------------------------------------------
