@@ -3,9 +3,17 @@
 Nothing here imports tensorrt or cuda-python at module level: the pure-Python half (engine file
 names, manifest records, their verification against the running TensorRT and GPU) works and is
 tested anywhere; the other half imports them on first use and says what is missing if it cannot.
-CUDA calls go through ``runtime.backends.cuda.CudaRuntime`` (cuda-bindings by default), and the
-stream policy (which call waits for what, when a handle goes stale, when memory may be freed) is
-written down in docs/ARCHITECTURE.md ("TensorRT on CUDA streams").
+CUDA calls go through ``runtime.backends.cuda.CudaRuntime`` (cuda-bindings by default).
+
+Stream policy. A graph has one execution context per stream (per shape bucket with CUDA graphs),
+with device buffers at the profile maxima and pinned host buffers for what the host writes or
+reads, made by ``prepare`` at load. ``enqueue`` marks the previous call's handles on that stream
+stale before writing anything, waits (host) for its own previous call and (device) for other
+streams' copies of its outputs, then queues copies, ``execute_async_v3`` (or a graph launch) and
+an event. ``Pending.outputs`` waits on that event only; ``Pending.device`` hands an output to
+another graph, whose stream waits on the event and copies device to device. Closing waits for a
+binding's last call and its readers before freeing, frees everything it can, raises the first
+failure. CUDA failures after loading are ``DeviceFault``s (the run stops).
 """
 
 from __future__ import annotations
@@ -220,10 +228,15 @@ def cuda_device_status() -> tuple[bool, str]:
 def backend_status() -> tuple[bool, str]:
     """Whether engines can be built and run here: ``(available, reason)``, never raising."""
     try:
-        import_tensorrt()
         import tensorrt as trt
+    except (ImportError, OSError) as e:
+        return False, f"tensorrt is not importable ({e}); {INSTALL_HINT}"
+    if tensorrt_major(trt.__version__) < MIN_TENSORRT_MAJOR:
+        return False, f"TensorRT {trt.__version__} is older than {MIN_TENSORRT_MAJOR}; {INSTALL_HINT}"
+    try:
+        cuda_bindings()
     except UserError as e:
-        return False, str(e)
+        return False, f"cuda-python is missing ({e})"
     ok, device = cuda_device_status()
     if not ok:
         return False, f"no CUDA device ({device})"

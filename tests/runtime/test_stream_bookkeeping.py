@@ -21,7 +21,7 @@ from runtime.metrics import box_iou, mask_iou
 from runtime.owl import OwlDetector
 from runtime.pipeline import BackendChoice, Pipeline
 from runtime.sam2 import Sam2Segmenter, box_bucket
-from tests.runtime.fake_cudart import FakeEngine, OrderingError, RecordingCudaRuntime
+from fake_cudart import FakeEngine, OrderingError, RecordingCudaRuntime  # beside this file
 
 PROMPTS = ["cat", "dog"]
 
