@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from runtime.backends import close_graphs, onnxruntime_opener, recording_opener
+from runtime.backends import call_all, close_after, close_graphs, onnxruntime_opener, recording_opener
 from runtime.errors import ArtifactError, UserError, one_line
 from runtime.graphs import BATCH, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
 from runtime.images import load_image
@@ -332,10 +332,17 @@ class Pipeline:
         self._open_graph: Callable[[Any], Any] | None = None
         graphs = (owl.image, owl.head, sam.image, sam.decoder)
         if all(callable(getattr(g, "enqueue", None)) for g in graphs):  # TensorRT graphs
-            from runtime.backends.tensorrt import open_streams
+            from runtime.backends.tensorrt import close_streams, open_streams
 
-            self._streams = open_streams(2)
+            self._streams = open_streams(2, owl.image.cuda)
             owl.stream, sam.stream = self._streams
+            # Contexts and buffers now, not in the first image's calls (which would serialise the encoders)
+            try:
+                owl.prepare_streams()
+                sam.prepare_streams()
+            except BaseException:
+                call_all([lambda: close_streams(self._streams)], raise_first=False)  # the first error goes on
+                raise
 
     @property
     def backend(self) -> str:
@@ -378,7 +385,10 @@ class Pipeline:
             tensorrt_opener, why = _tensorrt_opener()
             if tensorrt_opener is None:  # checked by choose_backend; a race with an uninstall
                 raise UserError(why)
-            opener = tensorrt_opener(manifest, choice.precision)
+            # CUDA graphs where they pay: the decoder (many small kernels per image; its box counts padded
+            # to powers of two, so a few graphs replay). The encoders' large kernels gain little.
+            decoder = SAM2_DECODER_MULTIMASK if multimask else SAM2_DECODER
+            opener = tensorrt_opener(manifest, choice.precision, cuda_graphs=(decoder.name,))
         opened: list = []
         try:
             owl = OwlDetector.from_manifest(manifest, recording_opener(opener, opened))
@@ -416,8 +426,8 @@ class Pipeline:
     def __enter__(self) -> "Pipeline":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        close_after(self.close, exc)
 
     def __repr__(self) -> str:
         return f"Pipeline({str(self.manifest.root)!r}, backend={self.backend!r}, precision={self.precision!r})"

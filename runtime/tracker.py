@@ -66,7 +66,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from runtime.backends import GraphRunner, close_graphs, recording_opener
+from runtime.backends import GraphRunner, call_all, close_after, close_graphs, recording_opener
 from runtime.errors import ArtifactError, UserError
 from runtime.graphs import (NUM_BOXES, NUM_OBJECTS, SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER,
                             SAM2_OBJECT_POINTER, SAM2_PROMPT_DECODER, SAM2_TRACK_DECODER, SAM2_VIDEO_GRAPHS,
@@ -257,9 +257,14 @@ class Sam2Tracker:
         self.streams = None  # (frame stream, memory stream) on TensorRT
         self._owns_graphs = False  # set by open: close() then closes the graphs too
         if self.on_streams:
-            from runtime.backends.tensorrt import open_streams
+            from runtime.backends.tensorrt import close_streams, open_streams
 
-            self.streams = open_streams(2)
+            self.streams = open_streams(2, self.graphs[SAM2_IMAGE.name].cuda)
+            try:
+                self._prepare_streams()
+            except BaseException:
+                call_all([lambda: close_streams(self.streams)], raise_first=False)  # the first error goes on
+                raise
         log.info("tracking %s", "on two CUDA streams (TensorRT graphs)" if self.on_streams else "with run() per graph")
         self.reset()
 
@@ -336,8 +341,20 @@ class Sam2Tracker:
     def __enter__(self) -> "Sam2Tracker":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        close_after(self.close, exc)
+
+    def _prepare_streams(self) -> None:
+        """Each graph's context and buffers for its stream, made now (not in the first frame), pinned
+        host memory only for what the host writes or reads (see the stream policy above)."""
+        frame, memory = self.streams
+        embed = _MA_IN["embed"]
+        plan = [(SAM2_IMAGE, frame, None, ()), (SAM2_MEMORY_ATTENTION, frame, [n for n in _MA_IN.values() if n != embed], ()),
+                (SAM2_TRACK_DECODER, frame, (), (_TD_MASKS, _TD_SCORES)), (SAM2_OBJECT_POINTER, frame, None, (_OP_OUT,)),
+                (SAM2_PROMPT_DECODER, frame, (_PD_BOXES,), (_PD_MASKS, _PD_SCORES, _PD_TOKEN)),
+                (SAM2_MEMORY_ENCODER, memory, [n for n in _ME_IN.values() if n != _ME_IN["embed"]], (_ME_FEATURES, _ME_POS))]
+        for spec, stream, host_inputs, host_outputs in plan:
+            self.graphs[spec.name].prepare(stream, host_inputs=host_inputs, host_outputs=host_outputs)
 
     # --- graph calls ---------------------------------------------------------------------------
 
