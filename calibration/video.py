@@ -46,15 +46,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
+from calibration.images import CalibrationImages, spread_order
+from runtime.backends import GraphRunner
 from runtime.graphs import (SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER,
                             SAM2_OBJECT_POINTER, SAM2_TRACK_DECODER, SAM2_VIDEO_GRAPHS, GraphSpec)
-
-if TYPE_CHECKING:
-    from calibration.inputs import CalibrationInputs
+from runtime.preprocessing import Sam2Preprocessing
+from runtime.tracker import Sam2Tracker, ort_objects_per_call
 
 #: The video graphs whose calibration feeds are the tracker's recorded calls.
 RECORDED_GRAPHS = (SAM2_MEMORY_ATTENTION.name, SAM2_TRACK_DECODER.name, SAM2_OBJECT_POINTER.name,
@@ -141,15 +142,26 @@ def evenly(items: list, count: int) -> list:
     return [items[int(i)] for i in sorted({int(round(x)) for x in np.linspace(0, len(items) - 1, count)})]
 
 
+class ClipSource(Protocol):
+    """What a recording needs of the calibration inputs it belongs to
+    (:class:`calibration.inputs.CalibrationInputs` is one)."""
+
+    images: CalibrationImages
+    sam: Sam2Preprocessing
+    seed: int
+    progress: bool
+
+    def decoder_boxes(self, i: int) -> np.ndarray: ...
+
+    def fp32_graph(self, name: str) -> GraphRunner: ...
+
+
 class VideoRecording:
-    """Tracks the clips of a :class:`calibration.inputs.CalibrationInputs` on its FP32 graphs and keeps
-    the feeds of the recorded graphs, one clip at a time, on demand."""
+    """Tracks the clips of a :class:`ClipSource` on its FP32 graphs and keeps the feeds of the
+    recorded graphs, one clip at a time, on demand."""
 
-    def __init__(self, inputs: "CalibrationInputs", sizes: Mapping[str, int], max_objects_per_call: int,
+    def __init__(self, inputs: ClipSource, sizes: Mapping[str, int], max_objects_per_call: int,
                  max_boxes_per_call: int, settings: VideoClips) -> None:
-        from calibration.images import spread_order
-        from runtime.tracker import ort_objects_per_call
-
         self.inputs = inputs
         self.sizes = dict(sizes)
         self.settings = settings
@@ -180,12 +192,10 @@ class VideoRecording:
         return self._clips[c]
 
     def _track_clip(self, c: int) -> dict[str, list[dict[str, np.ndarray]]]:
-        from runtime.tracker import Sam2Tracker
-
         i = self.images[c]
         inputs = self.inputs
         calls: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in RECORDED_GRAPHS}
-        graphs = {g.name: _Recorder(inputs._graph(g.name), calls.get(g.name)) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
+        graphs = {g.name: _Recorder(inputs.fp32_graph(g.name), calls.get(g.name)) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
         tracker = Sam2Tracker(graphs, inputs.sam, self.sizes, self.max_objects_per_call, self.max_boxes_per_call,
                               objects_per_call=self.objects_per_call, max_objects=self.settings.objects)
         image = inputs.images.load(i)

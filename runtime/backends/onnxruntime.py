@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from runtime.backends import check_feeds
+from runtime.backends.feeds import check_feeds
 from runtime.errors import UserError
 from runtime.graphs import GraphSpec
 
