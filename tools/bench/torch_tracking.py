@@ -59,7 +59,6 @@ the run goes on; the exit status is then 1. Measurements only: nothing is assert
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -69,8 +68,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
-from tools.bench.fullsize import SAM_ARCHES
-from tools.bench.tracking import _size
+from tools.bench.common import (SAM_ARCHES, TINY, Timer, command_line, fmt, image_size_arg, parameters_m, parse_mode,
+                                random_sam, sam2_processor, torch_machine_info, write_json)
 
 MODES = ("eager-fp32", "autocast-fp16", "autocast-bf16")
 STAGES = ("preprocess", "image_encoder", "tracking", "postprocess")
@@ -83,8 +82,7 @@ DEFAULT_WARMUP = 15  # max_object_pointers_in_encoder - 1: full memory bank and 
 
 def build_model(arch: str | None, model_dir: str | None, seed: int = 0) -> tuple[Any, Any, str]:
     """(Sam2VideoModel in eval mode, Sam2VideoProcessor, a description of the source)."""
-    from transformers import (Sam2ImageProcessor, Sam2VideoConfig, Sam2VideoModel, Sam2VideoProcessor,
-                              Sam2VideoVideoProcessor)
+    from transformers import Sam2VideoModel, Sam2VideoProcessor
 
     if model_dir:
         try:
@@ -96,20 +94,9 @@ def build_model(arch: str | None, model_dir: str | None, seed: int = 0) -> tuple
                             f"({first}); pass a SAM2 video checkpoint directory") from None
         return model.eval(), processor, str(model_dir)
 
-    import torch
-
-    from tools.bench.fullsize import sam2_config
-    from tools.tiny_checkpoints import reinitialise
-
-    torch.manual_seed(seed)
-    image_cfg = sam2_config(arch)
-    cfg = Sam2VideoConfig(vision_config=image_cfg.vision_config.to_dict(), prompt_encoder_config={},
-                          mask_decoder_config={})
-    model = Sam2VideoModel(cfg)
-    reinitialise(model, seed)
-    processor = Sam2VideoProcessor(image_processor=Sam2ImageProcessor(), video_processor=Sam2VideoVideoProcessor(),
-                                   target_size=1024)
-    return model.eval(), processor, f"random facebook/sam2.1-{arch}"
+    model = random_sam(arch, seed, init="order1", video=True).model
+    processor = sam2_processor(model.config, video=True)
+    return model, processor, "random tiny" if arch == TINY else f"random facebook/sam2.1-{arch}"
 
 
 class EncoderCalls:
@@ -138,10 +125,7 @@ def track_row(model: Any, processor: Any, device: Any, amp: Any, frames: list, b
     import torch
 
     cuda = device.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
+    sync = Timer(device).sync
 
     def autocast():
         return torch.autocast(device_type=device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
@@ -236,7 +220,6 @@ def track_row(model: Any, processor: Any, device: Any, amp: Any, frames: list, b
 
 
 def markdown(report: dict[str, Any]) -> str:
-    from tools.bench.torch_pipeline import fmt  # imports torch: only once there is a report
     m, c = report["machine"], report["config"]
     lines = [
         f"command: `{report['command']}`",
@@ -298,7 +281,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=whole_number(0), default=DEFAULT_WARMUP,
                    help=f"untimed tracked frames after the prompted one (at least num_maskmem - 1; default "
                         f"{DEFAULT_WARMUP} also fills the object pointers)")
-    p.add_argument("--size", type=_size, default=(480, 640), help="frame HEIGHTxWIDTH")
+    p.add_argument("--size", type=image_size_arg, default=(480, 640), help="frame HEIGHTxWIDTH")
     p.add_argument("--modes", type=_modes, default=["eager-fp32", "autocast-fp16"],
                    help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--threads", type=whole_number(), help="torch.set_num_threads (default: PyTorch's)")
@@ -318,7 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # imported here, not at the top, to keep --help and flag errors fast
 
     from tools.bench.synthetic import MovingShapes
-    from tools.bench.torch_pipeline import command_line, machine_info, parse_mode
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -335,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup < cfg.num_maskmem - 1:
         raise UserError(f"--warmup {args.warmup} leaves the memory bank of {cfg.num_maskmem} frames part empty; "
                         f"use --warmup {cfg.num_maskmem - 1} or more")
-    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    params_m = parameters_m(model)
     say(f"{source}: {params_m:.1f} M parameters, built in {build_s:.1f} s, on {device}")
 
     h, w = args.size
@@ -359,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(row)
 
     report = {
-        "command": command_line(),
-        "machine": machine_info(device),
+        "command": command_line("tools.bench.torch_tracking", argv),
+        "machine": torch_machine_info(device),
         "config": {
             "device": str(device),
             "model": source,
@@ -389,10 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     report["markdown"] = markdown(report)
     print(report["markdown"])
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1, default=str))
-        say(f"wrote {path}")
+        say(f"wrote {write_json(args.json, report)}")
     return 1 if any("error" in r for r in results) else 0
 
 
