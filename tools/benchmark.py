@@ -5,25 +5,9 @@ the PyTorch reference pipeline run two ways.
                               [--backends onnxruntime tensorrt] [--precisions fp32 fp16 int8]
                               [--torch auto|on|off] [--prompt-sweep 1 8] [--threads N] [--out DIR]
 
-Writes ``benchmark.json``, ``benchmark.md`` (the table, also printed) and ``benchmark.png`` (per-stage
-time per backend) into ``--out``. Every image goes through ``Pipeline.predict`` with threshold 0 and
-``max_detections=--boxes``, so every backend decodes exactly that many boxes whatever the weights.
-Stages (``runtime.profiling.PIPELINE_STAGES``): pre-processing, text (per prompt set: cached, so not
-part of the per-image time), OWL image, head + post-processing, SAM2 image, decoder, mask
-post-processing; "per image" is the measured wall time of ``predict`` (median over runs x images).
-On TensorRT, where the encoders are queued on two CUDA streams and overlap, the stages come from
-as many runs again with every queued call waited for in its stage (``runtime.profiling``).
-
-The PyTorch reference loads the checkpoints the artifact was exported from (``manifest.sources``, or
-``--owl-model/--sam-model``) and runs ``tools.bench.torch_pipeline``'s stages on the same images, prompts and
-boxes: *fair* (text cached, one SAM2 encoder pass per image, all boxes in one decoder call) and
-*sowlv2* (text per image, a SAM2 encoder pass per box, as SOWLv2 runs it). ``--torch auto`` runs it
-when torch and transformers import; ``on`` requires it.
-
-A backend or precision that was asked for and cannot run is an error; with the defaults ("every
-available") what is skipped is printed and recorded with the reason. ``--prompt-sweep`` times the
-first backend at each prompt count (text cached) to show that prompts cost nothing per image.
-Measurements only: nothing is asserted.
+Writes ``benchmark.json``, ``benchmark.md`` (the table, also printed) and ``benchmark.png`` into
+``--out``. A backend or precision asked for that cannot run is an error; by default what is skipped is
+printed with the reason. The method: docs/ARCHITECTURE.md ("Measuring methods"). Measurements only.
 """
 
 from __future__ import annotations

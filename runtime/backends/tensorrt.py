@@ -3,44 +3,9 @@
 Nothing here imports tensorrt or cuda-python at module level: the pure-Python half (engine file
 names, manifest records, their verification against the running TensorRT and GPU) works and is
 tested anywhere; the other half imports them on first use and says what is missing if it cannot.
-
-Stream policy
--------------
-* A :class:`TrtGraph` deserialises its engine once. Every CUDA stream it runs on gets its own
-  execution context with its own device and pinned host buffers, created on the stream's first use
-  and reused after: TensorRT allows one in-flight inference per context, and buffers shared between
-  streams would race. ``run()`` uses a stream the graph owns; ``enqueue()`` takes the caller's.
-* Buffers are sized once from the engine profile's maxima (outputs by ``infer_shapes`` at the maximum
-  input shapes); nothing is allocated per call. Host buffers are pinned, so copies are truly async.
-* One call on a stream is: host -> pinned -> device copies, ``set_input_shape`` for changed shapes,
-  ``execute_async_v3`` (or a CUDA-graph launch), device -> pinned copies of the outputs' actual
-  sizes, and an event recorded after them. Every boolean TensorRT returns and every CUDA status is
-  checked. Streams are created non-blocking: TensorRT warns that the legacy default stream costs
-  extra device-wide synchronisations.
-* ``enqueue(..., host_outputs=names)`` copies back only those outputs (default: all); the others
-  stay on the device for :meth:`Pending.device`, so a chain of graphs pays no device -> host copy
-  of tensors the host never reads (the video tracker's per-frame work, ``runtime.tracker``).
-* Streams talk only through events, never through device-wide synchronisation. A call's
-  :class:`Pending` holds its completion event; ``Pending.device(name)`` hands an output to another
-  graph *on the device*: the consuming stream waits on the producer's event
-  (``cudaStreamWaitEvent``) and copies device-to-device, and the producer's next call waits until
-  that copy is done. For one frame of the image pipeline::
-
-      owl_stream, sam_stream = Stream(), Stream()
-      det = owl_image.enqueue({"pixel_values": owl_px}, owl_stream)      # concurrently with
-      enc = sam_image.enqueue({"pixel_values": sam_px}, sam_stream)      # the SAM2 encoder
-      boxes = postprocess(det.outputs())            # host waits for the detection event only
-      feeds = {n: enc.device(n) for n in SAM2_IMAGE.output_names}      # decoder waits on the
-      masks = sam_decoder.enqueue({**feeds, "boxes": boxes}, sam_stream).outputs()  # encoder event
-
-* A stream runs one call of a graph at a time: a new call first waits for the previous call on the
-  same stream to finish with its pinned buffers, and outputs of a call must be read before the next
-  call of the same graph on the same stream (a stale :class:`Pending` raises instead of returning
-  overwritten data). Use another stream to overlap frames.
-* ``cuda_graph=True`` captures ``execute_async_v3`` into a CUDA graph after one ordinary run and
-  replays it while the input shapes stay the same (a shape change drops it and captures again);
-  copies stay outside the graph. A capture the engine does not allow is an error, not a silent
-  fallback. Everything here is single-threaded: use one thread per graph.
+The stream policy (execution context per stream, buffers sized from the profile maxima, events
+between streams, device hand-offs, CUDA graphs): docs/ARCHITECTURE.md ("Backends and their stream
+policy").
 """
 
 from __future__ import annotations

@@ -5,35 +5,9 @@ segmentation), full-size architectures with RANDOM weights (no hub access needed
     python -m tools.bench.torch_pipeline --device cpu --runs 1 --warmup 0 --modes eager-fp32 --boxes 2
     python -m tools.bench.torch_pipeline --owl-model DIR --sam-model DIR ...   (local checkpoints instead)
 
-Random weights give the same latency as the real checkpoints (same shapes, same kernels); only the number
-of detections is meaningless, which is why the SAM2 boxes here are synthetic and fixed (``--boxes``).
-
-Stages (each synchronised on GPU, median over ``--runs`` after ``--warmup``):
-    preprocess_owl    Owlv2ImageProcessor on a 1280x720 uint8 image (+ host->device copy)
-    preprocess_sam2   Sam2Processor (image processor + box normalisation) on the same image (+ copy)
-    owl_text          text tower + projection + L2 norm for --prompts prompts (16 tokens each)
-    owl_image         Owlv2ForObjectDetection.image_embedder (ViT-B/16 at 960x960, 3600 patches)
-    owl_heads         class_predictor + objectness_predictor + box_predictor
-    owl_post          image processor's post_process_object_detection
-    sam2_image        Sam2Model.get_image_embeddings (= get_image_features + no-memory embedding + reshape)
-    sam2_decoder      prompt encoder + mask decoder, all --boxes boxes in ONE call (multimask_output=False)
-    mask_post         post_process_masks of those masks to 1280x720
-    sam2_decoder_1box, mask_post_1box   the same for a single box (what SOWLv2 runs per box)
-
-Pipeline totals per image:
-    fair     preprocess_owl + preprocess_sam2 + owl_image + owl_heads + owl_post + sam2_image
-             + sam2_decoder(B boxes) + mask_post     (text embeddings cached per prompt set, as in DESIGN.md)
-    fair+text  fair + owl_text
-    sowlv2   preprocess_owl + owl_text + owl_image + owl_heads + owl_post
-             + B x (preprocess_sam2 + sam2_image + sam2_decoder_1box + mask_post_1box)
-             (SOWLv2 runs the full OWL forward, text included, per image, then set_image + predict per box)
-Each total is given as the sum of stage medians and, unless --skip-e2e, as the median of a measured
-end-to-end pass (synchronised only at the end).
-
-Modes (--modes, comma separated): eager-fp32, autocast-fp16 (on CPU: autocast-bf16), autocast-bf16,
-compile (torch.compile, default mode, of the OWL vision tower and the SAM2 vision encoder, fp32),
-compile-autocast-fp16 / compile-autocast-bf16. Compile time (first call) is reported apart from
-steady-state latency; a compile failure is recorded as a string instead of aborting the run.
+Random weights give the same latency as the real checkpoints (same shapes, same kernels). Stages,
+the *fair* and *sowlv2* totals and the modes (eager, autocast, torch.compile): docs/ARCHITECTURE.md
+("Measuring methods").
 """
 
 from __future__ import annotations

@@ -1,59 +1,14 @@
 """PyTorch tracking baseline: frames/s of transformers' own ``Sam2VideoModel`` streaming video inference
 for 1, 4 and 16 box-prompted objects, to set beside ``tools.bench.tracking`` (our tracker).
 
-    python -m tools.bench.torch_tracking [--device cuda|cpu] [--arch hiera-small|hiera-tiny | --model DIR]
-                                            [--objects 1 4 16] [--frames 20] [--warmup 15] [--size 480x640]
-                                            [--modes eager-fp32,autocast-fp16] [--threads N] [--json FILE]
+    python -m tools.bench.torch_tracking [--device cuda|cpu] [--arch hiera-small|hiera-tiny|tiny | --model DIR]
+                                         [--objects 1 4 16] [--frames 20] [--warmup 15] [--size 480x640]
+                                         [--modes eager-fp32,autocast-fp16] [--threads N] [--json FILE]
 
-Without ``--model`` the model has random weights (re-initialised to order-1 outputs, as
-``tools.bench.fullsize`` does) and the real architecture of ``facebook/sam2.1-<arch>``: the image
-model from ``tools.bench.fullsize.sam2_config`` and transformers' default memory modules, which are
-those of every SAM2.1 size (the same model ``tools.bench.tracking`` exports). The work per frame
-does not depend on the weights. ``--model DIR`` loads a local ``Sam2VideoModel`` checkpoint and its
-``Sam2VideoProcessor`` instead (e.g. ``DIR/sam2`` of ``python -m tools.tiny_checkpoints DIR``).
-
-The video is ``tools.bench.synthetic.MovingShapes(None, H, W, num_shapes=N, seed=0, speed=4.0)`` with the
-boxes ``.boxes(0)`` on frame 0: the same frames and boxes as ``tools.bench.tracking speed``. Frames
-are generated before the clock starts. Each (mode, object count) row is a fresh session, streamed
-the way transformers documents it: ``processor.init_video_session(inference_device=...)``, then for
-frame 0 ``processor.add_inputs_to_inference_session(session, frame_idx=0, obj_ids=[1..N],
-input_boxes=[boxes], original_size=(H, W))``, then one ``model(inference_session=session,
-frame=pixel_values, frame_idx=t)`` per frame. Frame 0 is the prompted frame and frames 1..``--warmup``
-are tracked untimed, so that every timed frame attends to a full memory bank: ``--warmup`` must be at
-least ``num_maskmem - 1`` (6 for SAM2.1: the bank is the prompted frame plus the 6 previous
-frames); the default 15 also fills the object-pointer list (``max_object_pointers_in_encoder`` = 16,
-the prompted frame's and 15 previous ones), the steady state ``tools.bench.tracking`` times.
-
-Per timed frame, each stage synchronised on CUDA before and after:
-    preprocess     processor(images=frame, device=device): the image processor (resize to 1024, rescale,
-                   normalise), on the device
-    image_encoder  model.get_image_features(pixel_values): Hiera + FPN + the decoder's high-resolution
-                   projections, exactly the call ``Sam2VideoModel._prepare_vision_features`` makes; its
-                   output goes into the session's vision-feature cache
-                   (``session.cache.cache_vision_features``), where the model call finds it. A forward
-                   hook on ``model.vision_encoder`` checks that the model call does not run it again.
-    tracking       model(inference_session=session, frame=pixel_values, frame_idx=t): per object, one
-                   after another in a Python loop (transformers does not batch objects here), memory
-                   attention over the bank + prompt encoder + mask decoder + object pointer; then one
-                   memory-encoder call batched over all objects, and the session's bookkeeping
-    postprocess    processor.post_process_masks(pred_masks, original_sizes=[(H, W)], binarize=True), then
-                   the masks copied to the host (our tracker returns numpy masks)
-``ms_per_frame`` is the median over the timed frames of each frame's wall time (all four stages);
-``frames_per_s`` = 1000 / ``ms_per_frame``. The stage medians need not add up to it exactly.
-
-Modes (``--modes``, comma separated): eager-fp32; autocast-fp16 (on CPU: bfloat16 autocast instead,
-with a note, as ``tools.bench.torch_pipeline``); autocast-bf16. Autocast wraps the image encoder and the
-tracking call; pre- and post-processing run outside it.
-
-Memory (CUDA): ``peak_gpu_memory_gib`` is ``torch.cuda.max_memory_allocated`` over the row (weights
-included). transformers' session keeps every processed frame (a 3x1024x1024 float32 tensor on the
-device) and every frame's outputs (high-resolution masks included) for as long as the session lives,
-so memory grows with the video; ``gpu_memory_growth_mib_per_frame`` is that growth over the timed
-frames, and the peak is the one after 1 + ``--warmup`` + ``--frames`` frames.
-
-Output: a markdown table (with the machine and the command line) on stdout, and with ``--json`` the
-same as JSON. A row that fails (e.g. a dtype error under autocast) is recorded with its error and
-the run goes on; the exit status is then 1. Measurements only: nothing is asserted.
+Random weights of the real architecture (``tools.bench.common``) or a local checkpoint; per timed
+frame, each stage synchronised: preprocess, image_encoder, tracking, postprocess (the method:
+docs/ARCHITECTURE.md, "Measuring methods"). A row that fails is recorded with its error and the run
+goes on; the exit status is then 1. Measurements only: nothing is asserted.
 """
 
 from __future__ import annotations
