@@ -5,26 +5,9 @@
     r = pipe.predict("photo.jpg", ["cat", "dog"], threshold=0.1)
     r.boxes, r.scores, r.labels, r.masks
 
-``Pipeline.load`` verifies the artifact before it opens anything: the manifest's schema, the sha256 of
-every file it will load (tokenizer, graphs or engines) and, for TensorRT, that the engines were built
-with the running TensorRT version for the GPU in this machine. It logs (INFO, logger
-``runtime.pipeline``) which backend and precision it chose and why.
-
-``backend="auto"`` takes TensorRT when ``tensorrt`` imports, a CUDA device exists and the manifest has
-engines for this GPU and TensorRT version at the precision asked for; otherwise ONNX Runtime, and the
-log line names the condition that failed. ``backend="tensorrt"`` that cannot be met is an error
-saying what is missing; a precision the artifact lacks is an ``ArtifactError`` naming those it has.
-
-SAM2 is prompted with OWLv2's boxes as they are, also where they extend past the image, as the
-reference pipeline (``Sam2Processor`` does not clip) and SOWLv2 do.
-
-The text embeddings of a prompt tuple are computed once and cached (LRU); the OWLv2 image tower and
-the SAM2 image encoder run once per image (batched in ``predict_batch``); all boxes of an image go
-through one decoder call (in chunks of the engine profile's maximum number of boxes).
-
-Engine records (``manifest["engines"]``: graph -> precision -> GPU tag -> record) are read and
-checked with the TensorRT backend's own functions (``runtime.backends.tensorrt``), so the engine
-build, the backend and this choice agree on one format.
+``Pipeline.load`` verifies the artifact before it opens anything and logs which backend and precision
+it chose and why (``choose_backend``). The data flow of one image, the verification and the stream
+policy: docs/ARCHITECTURE.md ("One image, from file to masks").
 """
 
 from __future__ import annotations

@@ -4,16 +4,9 @@ Nothing here imports tensorrt or cuda-python at module level: the pure-Python ha
 names, manifest records, their verification against the running TensorRT and GPU) works and is
 tested anywhere; the other half imports them on first use and says what is missing if it cannot.
 CUDA calls go through ``runtime.backends.cuda.CudaRuntime`` (cuda-bindings by default).
-
-Stream policy. A graph has one execution context per stream (per shape bucket with CUDA graphs),
-with device buffers at the profile maxima and pinned host buffers for what the host writes or
-reads, made by ``prepare`` at load. ``enqueue`` marks the previous call's handles on that stream
-stale before writing anything, waits (host) for its own previous call and (device) for other
-streams' copies of its outputs, then queues copies, ``execute_async_v3`` (or a graph launch) and
-an event. ``Pending.outputs`` waits on that event only; ``Pending.device`` hands an output to
-another graph, whose stream waits on the event and copies device to device. Closing waits for a
-binding's last call and its readers before freeing, frees everything it can, raises the first
-failure. CUDA failures after loading are ``DeviceFault``s (the run stops).
+The stream policy (execution context per stream, buffers sized from the profile maxima, events
+between streams, device hand-offs, CUDA graphs): docs/ARCHITECTURE.md ("Backends and their stream
+policy").
 """
 
 from __future__ import annotations
