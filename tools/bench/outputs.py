@@ -1,9 +1,9 @@
 """How much writing SOWLv2's outputs adds to a prediction on a big image.
 
-    python -m tools.bench.outputs --engines DIR [--size 6000x4000] [--detections 20] [--runs 3]
+    python -m tools.bench.outputs --engines DIR [--size 4000x6000] [--detections 20] [--runs 3]
                                   [--workers N] [--out benchmark/outputs]
 
-A generated image of ``--size`` (saved as a JPEG) goes through ``owlsam-detect``'s image path
+A generated image of ``--size`` (HEIGHTxWIDTH, saved as a JPEG) goes through ``owlsam-detect``'s image path
 (``tools.infer.run_images``: decode, predict, write every PNG and ``detections.json``) with threshold 0
 and ``max_detections=--detections``; that whole run is compared with ``Pipeline.predict`` alone on the
 decoded image (medians of ``--runs``). Target: the whole run at most 1.5x the prediction. An artifact
@@ -18,10 +18,8 @@ beside wall times, and the load average: on a shared machine the wall times move
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -30,19 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
+from runtime.errors import OneLineArgumentParser, run_cli, whole_number
+from tools.bench.common import command_line, image_size_arg, machine_info, median, write_json
 
 TARGET = 1.5
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size {text!r}: give WIDTHxHEIGHT, e.g. 6000x4000") from None
-    if w < 16 or h < 16:
-        raise UserError(f"--size {text}: at least 16x16")
-    return h, w
 
 
 def big_image(h: int, w: int) -> np.ndarray:
@@ -76,7 +65,7 @@ def _timed(f) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = OneLineArgumentParser(prog="python -m tools.bench.outputs", description=__doc__.split("\n\n")[0])
     ap.add_argument("--engines", required=True, help="an engines folder (python -m export.build)")
-    ap.add_argument("--size", default="6000x4000", help="image WIDTHxHEIGHT (default 6000x4000)")
+    ap.add_argument("--size", type=image_size_arg, default=(4000, 6000), help="image HEIGHTxWIDTH (default 4000x6000)")
     ap.add_argument("--detections", type=whole_number(), default=20, help="detections per image (default 20)")
     ap.add_argument("--runs", type=whole_number(), default=3, help="timed runs (default 3)")
     ap.add_argument("--workers", type=whole_number(), default=None, help="writer threads (default: CPU count)")
@@ -93,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from tools.outputs import OutputOptions, OutputWriter
     from tools.png import DEFLATE
 
-    h, w = _size(args.size)
+    h, w = args.size
     prompts = ["cat", "dog"]
     kw = dict(threshold=0.0, max_detections=args.detections)
     work = Path(tempfile.mkdtemp(prefix="owlsam-bench-outputs-"))
@@ -101,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         source = work / "big.jpg"
         Image.fromarray(big_image(h, w)).save(source, quality=90)
         image = load_image(source)
-        load = os.getloadavg()[0]
+        machine = machine_info()  # before the runs: its load average is the one at the start
+        load = machine.get("load_average_1min", float("nan"))
         with Pipeline.load(args.engines, backend=args.backend) as pipe:
             result = pipe.predict(image, prompts, **kw)  # warm-up
             predict, whole, writer, objects = [], [], [], []
@@ -133,17 +123,16 @@ def main(argv: list[str] | None = None) -> int:
                             out.add(image, res, name=source.name)
 
                     samples.append(_timed(write))
-        med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
+        med = lambda xs, k: median([x[k] for x in xs])  # noqa: E731
         p, wh = med(predict, 0), med(whole, 0)
         report: dict[str, Any] = {
-            "command": "python -m tools.bench.outputs " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "size": f"{w}x{h}", "detections": found, "files": files, "deflate": DEFLATE, "runs": args.runs,
-            "cpu_count": os.cpu_count(), "load_average_1min_at_start": load,
+            "command": command_line("tools.bench.outputs", argv), "machine": machine,
+            "size": f"{h}x{w}", "detections": found, "files": files, "deflate": DEFLATE, "runs": args.runs,
             "predict_s": p, "whole_run_s": wh, "ratio": wh / p, "target": f"<= {TARGET}", "passed": wh / p <= TARGET,
             "predict_cpu_s": med(predict, 1), "whole_run_cpu_s": med(whole, 1),
             "predict_samples_s": [x[0] for x in predict], "whole_samples_s": [x[0] for x in whole],
         }
-        lines = [f"{w}x{h}, {found} detections, {files} files, deflate {DEFLATE}, {os.cpu_count()} CPUs, load average "
+        lines = [f"{h}x{w} (HxW), {found} detections, {files} files, deflate {DEFLATE}, {os.cpu_count()} CPUs, load average "
                  f"{load:.1f} at start, medians of {args.runs} (wall s / CPU s):",
                  f"  predict            {p:7.2f} / {med(predict, 1):6.2f}",
                  f"  whole run          {wh:7.2f} / {med(whole, 1):6.2f}  (decode + predict + write)",
@@ -157,11 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"  writer alone, {args.detections} {name} masks: {wr:.2f} / {med(samples, 1):.2f}; "
                              f"(predict + writer) / predict {(p + wr) / p:.2f} x  target <= {TARGET} x: "
                              f"{'PASS' if (p + wr) / p <= TARGET else 'FAIL'}")
-        out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "outputs.json").write_text(json.dumps(report, indent=1) + "\n")
+        path = write_json(Path(args.out) / "outputs.json", report)
         print("\n".join(lines))
-        print(f"wrote {out_dir / 'outputs.json'}", file=sys.stderr)
+        print(f"wrote {path}", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
