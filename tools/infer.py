@@ -241,6 +241,8 @@ def engines_dir(args: argparse.Namespace, video: bool) -> tuple[Path, Any]:
 def _warn_models_ignored(args: argparse.Namespace) -> None:
     from runtime.manifest import load_manifest
 
+    if not {"owl_model", "sam_model"} & args.explicit:
+        return
     sources = load_manifest(args.engines).data.get("sources") or {}
     for key, family in (("owl_model", "owl"), ("sam_model", "sam")):
         given = getattr(args, key)
