@@ -119,6 +119,8 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         server.start()
+        if stopping:  # a signal before the server existed
+            server.stop()
         try:
             ready = server.wait_ready([m.name for m in MODELS])
             if ready:
