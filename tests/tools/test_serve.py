@@ -6,6 +6,7 @@ start is the cost); each test bounded in time; every process the tests start is 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -150,22 +151,14 @@ PROMPT_LISTS = [["cat", "red car"], ["dog"], ["a bird", "tree", "cat"]]
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_artifact):
-    from runtime import Pipeline
-
-    with Pipeline.load(tiny_artifact, backend="onnxruntime") as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
 def images(make_image) -> list[np.ndarray]:
     return [make_image(h, w, seed=70 + i) for i, (h, w) in enumerate(SIZES)]
 
 
 @pytest.fixture(scope="module")
-def expected(pipe, images) -> dict[tuple[int, int], object]:
+def expected(tiny_pipeline, images) -> dict[tuple[int, int], object]:
     """Pipeline.predict of every image with every prompt list."""
-    return {(i, k): pipe.predict(im, PROMPT_LISTS[k]) for i, im in enumerate(images) for k in range(len(PROMPT_LISTS))}
+    return {(i, k): tiny_pipeline.predict(im, PROMPT_LISTS[k]) for i, im in enumerate(images) for k in range(len(PROMPT_LISTS))}
 
 
 @pytest.fixture(scope="module")
@@ -483,3 +476,22 @@ def test_readme_documents_the_wire_interface():
     declared = {(m.name, direction, t.name, t.datatype, t.dims) for m in MODELS
                 for direction, tensors in (("input", m.inputs), ("output", m.outputs)) for t in tensors}
     assert documented == declared
+
+
+def test_readme_curl_example_answers(server, images, tiny_pipeline, tmp_path):
+    """The README's curl command (KServe v2 JSON + binary image bytes), run as written against this server."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    text = (ROOT / "README.md").read_text()
+    command = next(b for b in re.findall(r"```bash\n(.+?)\n```", text, re.S) if "Inference-Header-Content-Length" in b)
+    Image.fromarray(images[0]).save(tmp_path / "photo.jpg", quality=95)
+    command = command.replace("http://127.0.0.1:8000", server.endpoints.http_url)
+    r = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    outputs = {o["name"]: np.array(o["data"]).reshape(o["shape"])[0] for o in json.loads(r.stdout)["outputs"]}
+    from runtime.images import load_image
+
+    jpeg = load_image(tmp_path / "photo.jpg")
+    want = tiny_pipeline.predict(jpeg, ["cat", "red car"])
+    assert len(want) > 0
+    assert_result(outputs, want, jpeg.shape[:2], ["cat", "red car"], masks=False)

@@ -34,14 +34,6 @@ def request(data: bytes, prompts, threshold=None) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_artifact):
-    from runtime import Pipeline
-
-    with Pipeline.load(tiny_artifact, backend="onnxruntime") as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
 def images(make_image) -> list[np.ndarray]:
     return [make_image(h, w, seed=40 + i) for i, (h, w) in enumerate([(120, 160), (200, 90), (64, 64), (97, 131), (150, 150)])]
 
@@ -64,8 +56,8 @@ def assert_matches(out: dict[str, np.ndarray], expected, hw, masks: bool = True)
         assert "masks_rle" not in out
 
 
-def test_a_batch_of_mixed_sizes_and_prompt_lists_equals_predict(pipe, images):
-    handler = RequestHandler(pipe, OWLSAM, MAX_PIXELS)
+def test_a_batch_of_mixed_sizes_and_prompt_lists_equals_predict(tiny_pipeline, images):
+    handler = RequestHandler(tiny_pipeline, OWLSAM, MAX_PIXELS)
     prompt_lists = [["cat", "red car"], ["dog"], ["cat", "red car"], ["a bird", "tree", "cat"], ["dog"]]
     thresholds = [None, 0.05, None, 0.2, 0.05]
     batch = [request(encode(im), p, t) for im, p, t in zip(images, prompt_lists, thresholds, strict=True)]
@@ -73,27 +65,27 @@ def test_a_batch_of_mixed_sizes_and_prompt_lists_equals_predict(pipe, images):
     total = 0
     for out, im, p, t in zip(outs, images, prompt_lists, thresholds, strict=True):
         assert isinstance(out, dict), out
-        expected = pipe.predict(im, p, t)
+        expected = tiny_pipeline.predict(im, p, t)
         total += len(expected)
         assert_matches(out, expected, im.shape[:2])
     assert total > 10  # the comparison covered real detections
 
 
-def test_detect_model_equals_predict_without_masks(pipe, images):
-    handler = RequestHandler(pipe, OWL_DETECT, MAX_PIXELS)
+def test_detect_model_equals_predict_without_masks(tiny_pipeline, images):
+    handler = RequestHandler(tiny_pipeline, OWL_DETECT, MAX_PIXELS)
     # more requests than the artifact's batch profile: the detector runs in chunks
     batch = [request(encode(im), ["cat", "red car"], 0.05) for im in images]
-    assert len(batch) > pipe.max_batch
+    assert len(batch) > tiny_pipeline.max_batch
     for out, im in zip(handler.handle(batch), images, strict=True):
-        expected = pipe.predict(im, ["cat", "red car"], 0.05)
+        expected = tiny_pipeline.predict(im, ["cat", "red car"], 0.05)
         assert len(expected) > 0
         assert_matches(out, expected, im.shape[:2], masks=False)
         assert list(out) == OWL_DETECT.output_names
 
 
-def test_text_embeddings_are_computed_once_per_prompt_list(pipe, images):
+def test_text_embeddings_are_computed_once_per_prompt_list(tiny_pipeline, images):
     calls = []
-    text = pipe.owl.text
+    text = tiny_pipeline.owl.text
 
     class Counting:
         spec = text.spec
@@ -102,16 +94,16 @@ def test_text_embeddings_are_computed_once_per_prompt_list(pipe, images):
             calls.append(feeds["input_ids"].shape[0])
             return text.run(feeds)
 
-    pipe.owl.clear_query_cache()
-    pipe.owl.text = Counting()
+    tiny_pipeline.owl.clear_query_cache()
+    tiny_pipeline.owl.text = Counting()
     try:
-        handler = RequestHandler(pipe, OWLSAM, MAX_PIXELS)
+        handler = RequestHandler(tiny_pipeline, OWLSAM, MAX_PIXELS)
         data = encode(images[0])
         for _ in range(3):
             outs = handler.handle([request(data, ["cat", "dog"]), request(data, ["tree"]), request(data, ["cat", "dog"])])
             assert all(isinstance(o, dict) for o in outs)
     finally:
-        pipe.owl.text = text
+        tiny_pipeline.owl.text = text
     assert sorted(calls) == [1, 2]  # one text run per prompt list across three batches
 
 
@@ -139,13 +131,13 @@ def _bad_requests(images) -> list[tuple[dict, str]]:
 
 
 @pytest.mark.parametrize("spec", [OWLSAM, OWL_DETECT], ids=lambda s: s.name)
-def test_each_bad_request_gets_its_own_error_and_the_batch_is_served(pipe, images, spec):
-    handler = RequestHandler(pipe, spec, MAX_PIXELS)
+def test_each_bad_request_gets_its_own_error_and_the_batch_is_served(tiny_pipeline, images, spec):
+    handler = RequestHandler(tiny_pipeline, spec, MAX_PIXELS)
     bad = _bad_requests(images)
     good = request(encode(images[1]), ["cat", "red car"], 0.05)
     batch = [r for req, _ in bad for r in (req, good)]  # every bad request beside a good one
     outs = handler.handle(batch)
-    expected = pipe.predict(images[1], ["cat", "red car"], 0.05)
+    expected = tiny_pipeline.predict(images[1], ["cat", "red car"], 0.05)
     for k, (_, message) in enumerate(bad):
         err, ok = outs[2 * k], outs[2 * k + 1]
         assert isinstance(err, str) and err.startswith(message), (err, message)
@@ -153,20 +145,20 @@ def test_each_bad_request_gets_its_own_error_and_the_batch_is_served(pipe, image
         assert_matches(ok, expected, images[1].shape[:2], masks=spec is OWLSAM)
 
 
-def test_an_internal_error_answers_its_group_in_one_line_and_spares_the_others(pipe, images, caplog):
-    handler = RequestHandler(pipe, OWLSAM, MAX_PIXELS)
-    predict_batch = pipe.predict_batch
+def test_an_internal_error_answers_its_group_in_one_line_and_spares_the_others(tiny_pipeline, images, caplog):
+    handler = RequestHandler(tiny_pipeline, OWLSAM, MAX_PIXELS)
+    predict_batch = tiny_pipeline.predict_batch
 
     def failing(images_, prompts, threshold=None):
         if "boom" in prompts:
             raise RuntimeError("a bug deep inside")
         return predict_batch(images_, prompts, threshold)
 
-    pipe.predict_batch = failing
+    tiny_pipeline.predict_batch = failing
     try:
         outs = handler.handle([request(encode(images[0]), ["boom"]), request(encode(images[2]), ["cat"])])
     finally:
-        del pipe.predict_batch
+        del tiny_pipeline.predict_batch
     assert outs[0] == "internal error in model owlsam (RuntimeError); the server log has the details"
-    assert_matches(outs[1], pipe.predict(images[2], ["cat"]), images[2].shape[:2])
+    assert_matches(outs[1], tiny_pipeline.predict(images[2], ["cat"]), images[2].shape[:2])
     assert "a bug deep inside" in caplog.text  # the details go to the server's log
