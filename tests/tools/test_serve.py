@@ -24,29 +24,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tools.client import Connection, to_result
 from tools.serve.interface import IMAGE, MODELS, OWL_DETECT, OWLSAM, PROMPTS, THRESHOLD
+from tools.serve.server import Endpoints, TritonServer, free_ports
+
+pytestmark = pytest.mark.usefixtures("serve_extra")
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_PIXELS = 250 * 250
 START_TIMEOUT_S = 180
-
-
-def _require_serving() -> None:
-    """Skip without the serve extra, except in CI (CI=true), which installs it: there it must run."""
-    try:
-        import pytriton  # noqa: F401
-        import tritonclient.grpc  # noqa: F401
-        import tritonclient.http  # noqa: F401
-    except ImportError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the serving tests, but the serve extra is missing ({e})")
-        pytest.skip(f"needs the serve extra ({e}): pip install -e '.[serve]'")
-
-
-_require_serving()
-
-from tools.client import Connection, to_result  # noqa: E402
-from tools.serve.server import Endpoints, TritonServer, free_ports  # noqa: E402
 
 
 # --- processes ----------------------------------------------------------------------------------------
@@ -379,7 +365,8 @@ def test_client_errors_are_one_line(server, images, run_module, one_error_line, 
 
 
 def test_sigterm_finishes_the_requests_in_flight_and_exits_0(tiny_artifact, make_image, tmp_path):
-    served = start_serve(tiny_artifact, tmp_path / "serve.log", "--backend", "onnxruntime", "--max-batch", "2")
+    served = start_serve(tiny_artifact, tmp_path / "serve.log", "--backend", "onnxruntime", "--max-batch", "2",
+                         "--models", OWLSAM.name)
     try:
         data = png(make_image(900, 1200, seed=5))
 
@@ -403,6 +390,7 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(tiny_artifact, make
     assert code == 0, served.log_text()[-4000:]
     assert all(len(r["scores"]) > 0 for r in results)
     log = served.log_text()
+    assert "serving models owlsam (1 instance each)" in log and "owl_detect" not in log
     assert "INFO tools.serve: SIGTERM: finishing the requests in flight, then stopping" in log
     assert log.rstrip().endswith("INFO tools.serve: stopped")
 

@@ -4,7 +4,7 @@
     python -m tools.serve --engines DIR [--backend auto|tensorrt|onnxruntime] [--precision fp32|fp16|int8]
                           [--host 127.0.0.1] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
                           [--max-batch N] [--max-queue-delay-us N] [--instances N] [--max-pixels N]
-                          [--threads N] [--drain-timeout S]
+                          [--threads N] [--drain-timeout S] [--models owlsam owl_detect]
     python -m tools.serve --engines DIR --write-model-repository OUT [same model options]
 
 Serving writes the model repository to a temporary folder and runs the ``tritonserver`` binary of the
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=whole_number(1), metavar="N", help="ONNX Runtime threads per instance (default: its own)")
     p.add_argument("--drain-timeout", type=whole_number(1), default=30, metavar="S",
                    help="on SIGINT/SIGTERM, seconds to finish the requests in flight (default 30)")
+    p.add_argument("--models", nargs="+", choices=[m.name for m in MODELS], default=[m.name for m in MODELS],
+                   metavar="NAME", help=f"the models to serve (default: {' '.join(m.name for m in MODELS)})")
     p.add_argument("--write-model-repository", metavar="OUT",
                    help="write a Triton model repository for the official tritonserver container and exit")
     return p
@@ -72,6 +74,10 @@ def _max_batch(args: argparse.Namespace, manifest) -> int:
     return args.max_batch or int(((manifest.data.get("profiles") or {}).get(BATCH) or {}).get("max", 1))
 
 
+def _models(args: argparse.Namespace) -> tuple:
+    return tuple(m for m in MODELS if m.name in args.models)
+
+
 def write_only(args: argparse.Namespace) -> int:
     """``--write-model-repository``: the requested backend as is (the repository may be served on
     another machine, e.g. a GPU server, where ``auto`` chooses again)."""
@@ -87,8 +93,9 @@ def write_only(args: argparse.Namespace) -> int:
     else:
         manifest, _ = verify_artifact(args.engines, args.backend, args.precision)
     out = write_repository(Path(args.write_model_repository),
-                           _options(args, manifest.root.resolve(), args.backend, _max_batch(args, manifest)))
-    print(f"wrote {out}: models {', '.join(m.name for m in MODELS)} for tritonserver --model-repository={out}",
+                           _options(args, manifest.root.resolve(), args.backend, _max_batch(args, manifest)),
+                           _models(args))
+    print(f"wrote {out}: models {', '.join(args.models)} for tritonserver --model-repository={out}",
           file=sys.stderr)
     return 0
 
@@ -106,7 +113,8 @@ def serve(args: argparse.Namespace) -> int:
     stopping: list[str] = []
     with tempfile.TemporaryDirectory(prefix="owlsam-serve-") as tmp:
         repository = write_repository(Path(tmp) / "models",
-                                      _options(args, manifest.root.resolve(), choice.backend, _max_batch(args, manifest)))
+                                      _options(args, manifest.root.resolve(), choice.backend, _max_batch(args, manifest)),
+                                      _models(args))
         server = TritonServer(repository, endpoints, Path(tmp), exit_timeout_s=args.drain_timeout)
 
         def on_signal(signum: int, _frame) -> None:
@@ -122,9 +130,9 @@ def serve(args: argparse.Namespace) -> int:
         if stopping:  # a signal before the server existed
             server.stop()
         try:
-            ready = server.wait_ready([m.name for m in MODELS])
+            ready = server.wait_ready(args.models)
             if ready:
-                log.info("serving models %s (%d instance%s each): %s", ", ".join(m.name for m in MODELS),
+                log.info("serving models %s (%d instance%s each): %s", ", ".join(args.models),
                          args.instances, "s" * (args.instances != 1), endpoints.describe())
             code = server.wait()
         finally:
@@ -138,6 +146,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.models = list(dict.fromkeys(args.models))
     return write_only(args) if args.write_model_repository else serve(args)
 
 
