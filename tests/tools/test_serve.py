@@ -368,7 +368,7 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(tiny_artifact, make
     served = start_serve(tiny_artifact, tmp_path / "serve.log", "--backend", "onnxruntime", "--max-batch", "2",
                          "--models", OWLSAM.name)
     try:
-        data = png(make_image(900, 1200, seed=5))
+        data = png(make_image(1500, 2000, seed=5))  # threshold 0: 16 masks of 3 MP per request
 
         def one(_):
             conn = connect(served, grpc=False)
@@ -377,9 +377,9 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(tiny_artifact, make
             finally:
                 conn.close()
 
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(one, i) for i in range(6)]
-            time.sleep(1.0)
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(one, i) for i in range(8)]
+            time.sleep(0.5)
             in_flight = sum(not f.done() for f in futures)
             code = served.stop()
             results = [f.result(timeout=60) for f in futures]
