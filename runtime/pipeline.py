@@ -33,7 +33,7 @@ from runtime.sam2 import Sam2Segmenter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "Result", "BackendChoice", "choose_backend", "nms"]
+__all__ = ["Pipeline", "Result", "BackendChoice", "choose_backend", "verify_artifact", "nms"]
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 DEFAULT_PROMPT_TEMPLATE = "a photo of {}"
@@ -213,6 +213,24 @@ def choose_backend(manifest: Manifest, backend: str = "auto", precision: str = "
     return BackendChoice("onnxruntime", precision, f"auto: not tensorrt because {why}")
 
 
+def verify_artifact(engines_dir: str | os.PathLike, backend: str = "auto", precision: str = "fp32",
+                    multimask: bool = False) -> tuple[Manifest, BackendChoice]:
+    """What :meth:`Pipeline.load` checks before it opens anything, with its errors: the manifest, the
+    backend choice, and the sha256 (and for TensorRT the version and GPU) of every file it would load."""
+    manifest = load_manifest(engines_dir)
+    choice = choose_backend(manifest, backend, precision, multimask)
+    for rec in manifest.data.get("tokenizer") or []:
+        manifest.verify_file(rec["path"], rec["sha256"])
+    if choice.backend == "onnxruntime":
+        for spec in required_graphs(multimask):
+            manifest.graph_path(spec.name, choice.precision, verify=True)
+    else:
+        trt_backend = _trt_module()
+        for rec in choice.engines:  # sha256, TensorRT version, GPU name and compute capability
+            trt_backend.verify_engine_record(manifest, rec, choice.environment)
+    return manifest, choice
+
+
 # ----------------------------------------------------------------------------------------------
 # Post-processing options.
 
@@ -346,19 +364,7 @@ class Pipeline:
         :meth:`track` opens). ``multimask`` uses the three-mask decoder (best by predicted IoU)
         instead of the single-mask one.
         """
-        manifest = load_manifest(engines_dir)
-        choice = choose_backend(manifest, backend, precision, multimask)
-        graphs = required_graphs(multimask)
-        # Verify every file before anything is opened.
-        for rec in manifest.data.get("tokenizer") or []:
-            manifest.verify_file(rec["path"], rec["sha256"])
-        if choice.backend == "onnxruntime":
-            for spec in graphs:
-                manifest.graph_path(spec.name, choice.precision, verify=True)
-        else:
-            trt_backend = _trt_module()
-            for rec in choice.engines:  # sha256, TensorRT version, GPU name and compute capability
-                trt_backend.verify_engine_record(manifest, rec, choice.environment)
+        manifest, choice = verify_artifact(engines_dir, backend, precision, multimask)
         log.info("%s: %s", manifest.root, choice.describe())
 
         if choice.backend == "onnxruntime":

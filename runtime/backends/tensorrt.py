@@ -23,10 +23,22 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from runtime.backends import call_all, check_feeds
-from runtime.backends.cuda import INSTALL_HINT, CudaError, CudaRuntime, CopyKind, cuda_bindings
+from runtime.backends.cuda import INSTALL_HINT, MIN_CUDA_PYTHON, CudaError, CudaRuntime, CopyKind
 from runtime.errors import ArtifactError, DeviceFault, UserError, one_line
 from runtime.graphs import GraphSpec
 from runtime.manifest import Manifest
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_bindings() -> CudaRuntime:
+    """The CUDA runtime through cuda-bindings (``cuda.bindings.runtime``), or a UserError saying what is missing."""
+    try:
+        from runtime.backends.cudart import CudaBindings
+    except (ImportError, RuntimeError, OSError) as e:  # cuda-python < 12.9 raises RuntimeError without a driver
+        raise UserError(f"the tensorrt backend needs cuda-python >= {MIN_CUDA_PYTHON} for cuda.bindings.runtime "
+                        f"({' '.join(str(e).split())}); {INSTALL_HINT}") from None
+    return CudaBindings()
+
 
 if TYPE_CHECKING:
     import tensorrt as trt
