@@ -25,7 +25,7 @@ from runtime.backends import call_all, close_after, close_graphs, onnxruntime_op
 from runtime.errors import ArtifactError, UserError, one_line
 from runtime.graphs import BATCH, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
 from runtime.images import load_image
-from runtime.manifest import PRECISIONS, Manifest, load_manifest
+from runtime.manifest import PRECISIONS, Manifest, export_command, load_manifest
 from runtime.metrics import box_iou
 from runtime.owl import OwlDetector
 from runtime.profiling import StageTimer
@@ -192,8 +192,8 @@ def choose_backend(manifest: Manifest, backend: str = "auto", precision: str = "
         engines_have = engine_precisions(manifest)
         if engines_have:
             has += f", TensorRT engines at {', '.join(engines_have)}"
-        return ArtifactError(f"{manifest.root} has no {precision} graphs ({has}){extra}; "
-                             f"choose one of those or re-export with python -m export.build --{precision}")
+        return ArtifactError(f"{manifest.root} has no {precision} graphs ({has}){extra}; choose one of those or "
+                             f"re-export with {export_command(manifest.root, manifest.data, precision=precision)}")
 
     if backend == "onnxruntime":
         if precision not in onnx_have:

@@ -24,7 +24,7 @@ from runtime.errors import ArtifactError, UserError
 from runtime.graphs import (NUM_BOXES, NUM_OBJECTS, SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER,
                             SAM2_OBJECT_POINTER, SAM2_PROMPT_DECODER, SAM2_TRACK_DECODER, SAM2_VIDEO_GRAPHS,
                             GraphSpec)
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, export_command
 from runtime.preprocessing import Sam2Preprocessing, boxes_to_sam2_input, postprocess_sam2_masks, preprocess_sam2
 from runtime.profiling import StageTimer
 
@@ -188,7 +188,8 @@ class Sam2Tracker:
                  forget_after: int | None = None) -> None:
         missing = [g.name for g in TRACKING_GRAPHS if g.name not in graphs]
         if missing:
-            raise ArtifactError(f"tracking needs the graphs {missing}; re-export the artifact with python -m export.build --video")
+            raise ArtifactError(f"tracking needs the graphs {missing}; re-export the artifact with python -m export.build "
+                                "--owl-model ID|DIR --sam-model ID|DIR --out DIR --video")
         self.graphs = dict(graphs)
         self.preprocessing = preprocessing
         self.slots = int(sizes["sam_num_maskmem"])
@@ -227,7 +228,7 @@ class Sam2Tracker:
         if missing:
             raise ArtifactError(
                 f"{manifest.root} has no video graphs ({', '.join(missing)}); re-export it with "
-                "python -m export.build --video to track objects in videos"
+                f"{export_command(manifest.root, manifest.data, video=True)} to track objects in videos"
             )
         pre = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
         profiles = manifest.data["profiles"]

@@ -219,21 +219,37 @@ def bench_torch(owl_path: str, sam_path: str, images: list[tuple[str, np.ndarray
 # Report
 
 
+def _target(value: float, op: str, bound: float, unit: str, **extra: Any) -> dict[str, Any]:
+    """One target: ``value op bound`` in ``unit`` ("x" for a ratio, "%" for a fraction), and whether it is met."""
+    passed = value >= bound if op == ">=" else value <= bound
+    shown = f"{100 * bound:g} %" if unit == "%" else f"{bound:g}x"
+    return {"value": value, "target": f"{op} {shown}", "unit": unit, "passed": bool(passed), **extra}
+
+
 def targets(results: list[dict[str, Any]], sweep: dict[str, float] | None) -> dict[str, Any]:
     """The issue's performance targets, computed from the measurements (reported, not asserted)."""
     by_name = {r["name"]: r for r in results}
     ort, fair = by_name.get("onnxruntime fp32"), by_name.get("pytorch fair")
     out: dict[str, Any] = {}
     if ort and fair:
-        out["onnxruntime_fp32_vs_pytorch_fair"] = {"value": ort["images_per_s"] / fair["images_per_s"], "target": ">= 1.5"}
+        out["onnxruntime_fp32_vs_pytorch_fair"] = _target(ort["images_per_s"] / fair["images_per_s"], ">=", 1.5, "x")
     if ort:
         share = sum(ort["stages_ms"].get(s, 0.0) for s in PRE_POST) / ort["per_image_ms"]
-        out["pre_post_share_onnxruntime_fp32"] = {"value": share, "target": "<= 0.10", "stages": list(PRE_POST)}
+        out["pre_post_share_onnxruntime_fp32"] = _target(share, "<=", 0.10, "%", stages=list(PRE_POST))
     if sweep and len(sweep) >= 2:
         counts = sorted(sweep, key=int)
         lo, hi = sweep[counts[0]], sweep[counts[-1]]  # the fewest and the most prompts
-        out["prompt_sweep_difference"] = {"value": abs(hi - lo) / lo, "target": "<= 0.10", "ms_per_image": sweep}
+        out["prompt_sweep_difference"] = _target(abs(hi - lo) / lo, "<=", 0.10, "%", ms_per_image=sweep)
     return out
+
+
+def target_line(key: str, t: dict[str, Any]) -> str:
+    """``PASS target name: 1.62x (target >= 1.5x)``, the units shown."""
+    value = f"{100 * t['value']:.1f} %" if t["unit"] == "%" else f"{t['value']:.2f}x"
+    line = f"{'PASS' if t['passed'] else 'FAIL'} {key}: {value} (target {t['target']})"
+    if "ms_per_image" in t:
+        line += f"; ms per image by prompt count: {', '.join(f'{k}: {v:.1f}' for k, v in t['ms_per_image'].items())}"
+    return line
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -262,10 +278,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['images_per_s'] / fair['images_per_s']:.2f}×" for r in results) + " |")
     lines.append("")
     for key, t in report["targets"].items():
-        value = f"{100 * t['value']:.1f} %" if "share" in key or "difference" in key else f"{t['value']:.2f}×"
-        lines.append(f"- target {key}: {value} (target {t['target']})"
-                     + (f"; ms per image by prompt count: {', '.join(f'{k}: {v:.1f}' for k, v in t['ms_per_image'].items())}"
-                        if "ms_per_image" in t else ""))
+        lines.append(f"- {target_line(key, t)}")
     for s in report["skipped"]:
         lines.append(f"- skipped {s}")
     return "\n".join(lines) + "\n"
@@ -335,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-sweep", type=whole_number(), nargs="*", default=[1, 8],
                     help="prompt counts timed on the first backend (nothing: skip)")
     ap.add_argument("--threads", type=whole_number(), default=None, help="intra-op threads of ONNX Runtime and PyTorch")
-    ap.add_argument("--out", default="benchmark", help="folder for benchmark.json, benchmark.md, benchmark.png")
+    ap.add_argument("--out", default="benchmark", help="folder for benchmark.json, benchmark.md, benchmark.png "
+                    "(default benchmark/, git-ignored)")
     ap.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     args = ap.parse_args(argv)
     engines = Path(args.engines)

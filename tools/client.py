@@ -4,7 +4,7 @@
 
     python -m tools.client --url http://127.0.0.1:8000 --input IMAGE|FOLDER --prompt P [P ...]
                            [--output DIR] [--grpc] [--concurrency N] [--threshold T] [--model NAME]
-                           [--timeout S] [--no-merged] [--no-binary] [--no-overlay]
+                           [--timeout S] [--no-merged] [--no-binary] [--no-overlay] [--overwrite]
 
 Each image goes as its encoded file bytes (the server decodes it as ``tools.infer`` does); the client
 decodes it again only for the overlays. With ``--concurrency N``, N requests are in flight at once
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-merged", dest="merged", action="store_false", help="no binary/merged, overlay/merged")
     p.add_argument("--no-binary", dest="binary", action="store_false", help="no binary/ masks")
     p.add_argument("--no-overlay", dest="overlay", action="store_false", help="no overlay/ images")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder (default: refuse)")
     return p
 
 
@@ -142,38 +143,42 @@ def to_result(outputs: dict[str, np.ndarray], prompts: Sequence[str]):
 
 
 class Outputs:
-    """What the client writes, through ``tools.infer``'s writers (``tools.outputs``), in this one place."""
+    """What the client writes, through ``tools.infer``'s writer (``tools.outputs.OutputWriter``), in this one place."""
 
-    def __init__(self, root: Path, binary: bool, overlay: bool, merged: bool) -> None:
-        from tools.outputs import OutputOptions, prepare_output
+    def __init__(self, root: Path, binary: bool, overlay: bool, merged: bool, overwrite: bool, files: list[Path],
+                 is_folder: bool) -> None:
+        from tools.outputs import OutputOptions, OutputWriter, folder_names
 
-        self.root, self.options = root, OutputOptions(binary=binary, overlay=overlay, merged=merged)
-        prepare_output(root, self.options)
+        options = OutputOptions(binary=binary, overlay=overlay, merged=merged)
+        self.writer = OutputWriter(root, options, overwrite=overwrite)
+        self.folders = folder_names(files) if is_folder else [""] * len(files)
 
-    def image(self, stem: str, image: np.ndarray, result: Any, image_id: int, file_name: str) -> list[dict[str, Any]]:
-        from tools.outputs import coco_records, write_image_outputs
+    def image(self, i: int, path: Path, image: np.ndarray, result: Any) -> None:
+        """Queue one image's files (in file order: image ids and colours follow it)."""
+        self.writer.add(image, result, name=path.name, folder=self.folders[i])
 
-        write_image_outputs(self.root, stem, image, result, self.options)
-        return coco_records(result, image_id, file_name)
+    def finish(self):
+        self.writer.close()
+        return self.writer
 
-    def finish(self, rows: list[dict[str, Any]]) -> Path:
-        from tools.outputs import write_detections
-
-        return write_detections(self.root, rows)
+    def abort(self) -> None:
+        self.writer.abort()
 
 
 def main(argv: list[str] | None = None) -> int:
     from runtime.images import load_image
     from runtime.pipeline import check_prompts
     from runtime.video_io import is_video_file
-    from tools.infer import list_inputs, unique_stems
+    from tools.infer import list_images
 
     args = build_parser().parse_args(argv)
     prompts = list(check_prompts(args.prompt))
+    source = Path(args.input)
+    if not source.exists():
+        raise UserError(f"input {source} does not exist; pass an image or a folder of images")
     if is_video_file(args.input):
         raise UserError(f"{args.input} is a video; tools.client sends images (use python -m tools.infer for videos)")
-    files = list_inputs(Path(args.input))
-    stems = unique_stems(files)
+    files = list_images(source) if source.is_dir() else [source]
     url = args.url or ("127.0.0.1:8001" if args.grpc else "127.0.0.1:8000")
     try:
         import tritonclient  # noqa: F401
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 connections.append(local.conn)
         return local.conn
 
-    def one(i: int, path: Path) -> list[dict[str, Any]]:
+    def one(i: int, path: Path):
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -201,57 +206,66 @@ def main(argv: list[str] | None = None) -> int:
         result = to_result(outputs, prompts)
         if tuple(outputs[IMAGE_SIZE.name]) != image.shape[:2]:
             raise RequestError(f"the server saw a {tuple(outputs[IMAGE_SIZE.name])} image, this client {image.shape[:2]}")
-        return writer.image(stems[i], image, result, i + 1, path.name)
+        return image, result
 
+    writer = None
     try:
         connection().check_model(url)
-        writer = Outputs(Path(args.output), args.binary, args.overlay, args.merged)
+        writer = Outputs(Path(args.output), args.binary, args.overlay, args.merged, args.overwrite, files,
+                         source.is_dir())
         t0 = time.perf_counter()
-        rows, skipped = _run_all(files, one, args.concurrency)
+        skipped = _run_all(files, one, args.concurrency, lambda i, path, got: writer.image(i, path, *got))
+        if len(files) == 1 and skipped:
+            raise UserError(f"{files[0]}: {skipped[0][1]}")
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:
         for c in connections:
             c.close()
-    if len(files) == 1 and skipped:
-        raise UserError(f"{files[0]}: {skipped[0][1]}")
-    out = writer.finish(rows)
+    out = writer.finish()
+    rows = out.rows
     done = len(files) - len(skipped)
-    print(f"wrote {out.parent}: {done} image{'s' * (done != 1)}, {len(rows)} detection{'s' * (len(rows) != 1)}"
+    print(f"wrote {out.root}: {done} image{'s' * (done != 1)}, {len(rows)} detection{'s' * (len(rows) != 1)}"
           f"{f', {len(skipped)} skipped' if skipped else ''} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 1 if skipped else 0
 
 
-def _run_all(files: list[Path], one, concurrency: int) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+def _run_all(files: list[Path], one, concurrency: int, take) -> list[tuple[Path, str]]:
     """``one(i, path)`` for every file on ``concurrency`` threads, at most twice that many queued;
-    rows in file order; a ``RequestError`` (or ``UserError`` of a local decode) skips its file."""
+    ``take(i, path, its value)`` on this thread in file order; a ``RequestError`` (or ``UserError``
+    of a local decode) skips its file. Returns the skipped files with the reason."""
     from tqdm import tqdm
 
-    rows: list[dict[str, Any]] = []
     skipped: list[tuple[Path, str]] = []
     bar = tqdm(total=len(files), unit="image", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
                disable=len(files) == 1)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="request") as pool:
         todo = iter(enumerate(files))
-        running: deque[tuple[Path, Future]] = deque()
+        running: deque[tuple[int, Path, Future]] = deque()
         try:
             while True:
                 while len(running) < 2 * concurrency and (nxt := next(todo, None)) is not None:
-                    running.append((nxt[1], pool.submit(one, *nxt)))
+                    running.append((nxt[0], nxt[1], pool.submit(one, *nxt)))
                 if not running:
                     break
-                path, future = running.popleft()
+                i, path, future = running.popleft()
                 try:
-                    rows += future.result()
+                    got = future.result()
                 except (RequestError, UserError) as e:
                     message = str(e).removeprefix(f"{path}: ")
                     skipped.append((path, message))
                     if len(files) > 1:
                         bar.write(f"warning: skipped {path.name}: {message}", file=sys.stderr)
+                else:
+                    take(i, path, got)
                 bar.update()
         finally:
-            for _, f in running:
+            for _, _, f in running:
                 f.cancel()
             bar.close()
-    return rows, skipped
+    return skipped
 
 
 if __name__ == "__main__":

@@ -148,7 +148,8 @@ def rss(args: argparse.Namespace) -> int:
     from tools.bench.synthetic import MovingShapes
 
     if args.engines is None:
-        raise UserError("rss needs --engines DIR (an artifact exported with python -m export.build --video)")
+        raise UserError("rss needs --engines DIR (an artifact exported with python -m export.build --owl-model ID|DIR "
+                        "--sam-model ID|DIR --out DIR --video)")
     m = load_manifest(args.engines)
     opener = onnxruntime_opener(m, intra_op_threads=args.threads)
     tracker = Sam2Tracker.from_manifest(m, opener, max_objects=args.max_objects, forget_after=args.forget_after)
