@@ -24,7 +24,7 @@ import argparse
 import logging
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -214,14 +214,24 @@ def list_inputs(path: Path) -> list[Path]:
 
 
 def unique_stems(files: list[Path]) -> list[str]:
-    """File stems as output names; stems that repeat (a.jpg, a.png) get their suffix appended."""
+    """File stems as output names, no two alike even where the filesystem ignores case: stems that
+    repeat (a.jpg, a.png; "a b.jpg", a_b.jpg) get their suffix appended, then a name still taken
+    (a_png.jpg beside those) a counter."""
     from tools.outputs import stem_slug
 
     stems = [stem_slug(f.stem) for f in files]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    return [f"{s}_{stem_slug(f.suffix.lstrip('.'))}" if counts[s] > 1 else s for s, f in zip(stems, files)]
+    counts = Counter(s.casefold() for s in stems)
+    names = [f"{s}_{stem_slug(f.suffix.lstrip('.'))}" if counts[s.casefold()] > 1 else s for s, f in zip(stems, files)]
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        unique, k = name, 1
+        while unique.casefold() in taken:
+            k += 1
+            unique = f"{name}_{k}"
+        taken.add(unique.casefold())
+        out.append(unique)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
