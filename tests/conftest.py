@@ -65,15 +65,11 @@ def calibration_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_precision_artifact(tiny_checkpoints, calibration_dir, tmp_path_factory) -> Path:
-    """An engines directory exported with ``--fp16 --int8 --calib-dir`` on the tiny models."""
-    from export.build import main
-
-    out = tmp_path_factory.mktemp("precision_artifact") / "tiny"
-    main(["--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam),
-          "--out", str(out), "--fp32", "--fp16", "--int8", "--calib-dir", str(calibration_dir),
-          "--calib-count", "6", "--engines", "skip"])
-    return out
+def tiny_precision_artifact(tiny_video_precision_artifact) -> Path:
+    """An engines directory exported with ``--fp16 --int8 --calib-dir`` on the tiny models: the ``--video``
+    one, whose image graphs and their calibration are those of an export without ``--video`` (same cache
+    keys, see test_video_precision), so that the suite pays for one FP16/INT8 export, not two."""
+    return tiny_video_precision_artifact
 
 
 @pytest.fixture(scope="session")

@@ -191,6 +191,8 @@ def test_no_intermediate_files(tiny_precision_artifact):
 
 def test_rerun_with_the_same_inputs_reuses_the_calibration(tiny_precision_artifact, tiny_checkpoints, calibration_dir,
                                                           tmp_path):
+    """Re-exported over a copy of the ``--video`` artifact, without ``--video``: the image graphs' cached
+    ranges are reused and their INT8 files come out the same."""
     from export.build import main
 
     out = tmp_path / "again"
