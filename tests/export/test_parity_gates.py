@@ -9,9 +9,8 @@ The graphs are the tiny artifact's, perturbed by ``_perturb.perturb_outputs``.
 
 from __future__ import annotations
 
-import pytest
-
 import numpy as np
+import pytest
 
 from _perturb import perturb_outputs
 from export.parity import ParityError, check_export_parity, compare_output

@@ -228,7 +228,7 @@ def test_postprocess_owl_matches_processor(image_hw, threshold):
 def test_postprocess_owl_drops_scores_exactly_on_the_threshold():
     """The reference keeps ``score > threshold``. A best logit of exactly 0 scores exactly 0.5 (in
     float32, here and in torch), so at threshold 0.5 those patches sit on the threshold: dropped;
-    one float32 step lower they are kept, one step higher they stay dropped with nothing else changing."""
+    one float32 step lower they are kept, one step higher dropped too."""
     rng = np.random.default_rng(7)
     patches, prompts = 64, 2
     logits = rng.choice(np.array([-3.0, -0.5, 0.0, 0.25, 2.0], np.float32), (patches, prompts))
