@@ -131,7 +131,8 @@ def test_the_minimum_is_exactly_the_stated_one(tmp_path, make_image):
         for i in range(3):
             (folder / f"bad_{i}.png").write_text("x")
     assert len(read_calibration_images(tmp_path / "enough", count=8, progress=False).paths) == STATED_MINIMUM
-    with pytest.raises(UserError, match=f"only {STATED_MINIMUM - 1} of {STATED_MINIMUM - 1 + 3} images .* at least {STATED_MINIMUM}"):
+    short = f"only {STATED_MINIMUM - 1} of {STATED_MINIMUM - 1 + 3} images .* at least {STATED_MINIMUM}"
+    with pytest.raises(UserError, match=short):
         read_calibration_images(tmp_path / "short", count=8, progress=False)
 
     def args(count):

@@ -24,7 +24,8 @@ def test_a_valid_manifest_loads(tmp_path):
 
 
 @pytest.mark.parametrize("change,match", [
-    (dict(schema_version=SCHEMA_VERSION + 1), f"schema version {SCHEMA_VERSION + 1}, this runtime reads version {SCHEMA_VERSION}"),
+    (dict(schema_version=SCHEMA_VERSION + 1),
+     f"schema version {SCHEMA_VERSION + 1}, this runtime reads version {SCHEMA_VERSION}"),
     (dict(schema_version=None), "schema version None"),
     (dict(sizes=None), "lacks 'sizes'"),
     (dict(graphs=None), "lacks 'graphs'"),

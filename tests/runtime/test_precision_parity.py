@@ -181,8 +181,10 @@ def test_the_acceptance_refuses_broken_graphs(manifest, owl_reference, sam_refer
     acc = PRECISION_ACCEPTANCE["fp16"]
     fp32 = onnxruntime_opener(manifest, precision="fp32")
     broken = {
-        OWL_IMAGE.name: perturb_outputs(manifest.root / "owl_image.onnx", tmp_path / "owl.onnx", ["pred_boxes"], offset=0.05),
-        SAM2_DECODER.name: perturb_outputs(manifest.root / "sam2_decoder.onnx", tmp_path / "dec.onnx", ["mask_logits"], offset=2.0),
+        OWL_IMAGE.name: perturb_outputs(manifest.root / "owl_image.onnx", tmp_path / "owl.onnx", ["pred_boxes"],
+                                        offset=0.05),
+        SAM2_DECODER.name: perturb_outputs(manifest.root / "sam2_decoder.onnx", tmp_path / "dec.onnx", ["mask_logits"],
+                                           offset=2.0),
     }
     opener = lambda spec: OrtGraph(broken[spec.name], spec) if spec.name in broken else fp32(spec)  # noqa: E731
     (h, w), seed = IMAGES[0]
@@ -193,7 +195,9 @@ def test_the_acceptance_refuses_broken_graphs(manifest, owl_reference, sam_refer
     verdicts = {}
     for name, open_graph in (("fp32", fp32), ("broken", opener)):
         (got,) = OwlDetector.from_manifest(manifest, open_graph).detect([image], PROMPTS, threshold=THRESHOLD)
-        iou = np.where(rl[:, None] == got.labels[None, :], box_iou(rb, got.boxes), 0.0) if len(got.boxes) else np.zeros((len(rb), 1))
+        iou = np.zeros((len(rb), 1))
+        if len(got.boxes):
+            iou = np.where(rl[:, None] == got.labels[None, :], box_iou(rb, got.boxes), 0.0)
         masks = Sam2Segmenter.from_manifest(manifest, open_graph).segment(image, boxes).masks
         verdicts[name] = (bool(np.all(iou.max(axis=1) >= acc.min_box_iou)),
                           bool(np.all(single_mask_accepted(masks, ref, acc.min_mask_iou)[0])))
