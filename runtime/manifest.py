@@ -65,10 +65,10 @@ def graph_file_name(graph: str, precision: str) -> str:
 class Manifest:
     root: Path
     data: dict[str, Any]
-    # files already hashed by this manifest: (path, sha256) -> (size, mtime_ns) they had. Loading the
-    # same engine twice (Pipeline.load, then the backend's opener or the tracker) hashes it once; a
-    # file changed since (size or mtime) is hashed again.
-    _verified: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+    # files already hashed by this manifest: (path, sha256) -> their _stamp then. Loading the same
+    # engine twice (Pipeline.load, then the backend's opener or the tracker) hashes it once; a file
+    # whose size, mtime or ctime changed since is hashed again. A new manifest hashes everything.
+    _verified: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -107,8 +107,8 @@ class Manifest:
         path = self.root / rel
         if not path.is_file():
             raise ArtifactError(f"{path} listed in the manifest is missing; re-export the artifact")
-        st = path.stat()
-        if self._verified.get((rel, expected)) == (st.st_size, st.st_mtime_ns):
+        stamp = _stamp(path)
+        if self._verified.get((rel, expected)) == stamp:
             return
         actual = sha256_file(path)
         if actual != expected:
@@ -116,7 +116,16 @@ class Manifest:
                 f"{path} does not match the manifest (sha256 {actual[:12]}… vs {expected[:12]}…): "
                 "the file was changed or corrupted; re-export or rebuild it"
             )
-        self._verified[(rel, expected)] = (st.st_size, st.st_mtime_ns)
+        self._verified[(rel, expected)] = stamp
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What tells a rewritten file from the one hashed: size, mtime and ctime. Any write or rename
+    sets ctime to the clock, and no user call sets it back (``os.utime`` restores mtime, not ctime),
+    so only a same-size rewrite within the filesystem's timestamp granularity of the hashed write
+    (or a change of the system clock) goes unseen until the manifest is loaded again."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def load_manifest(root: str | Path) -> Manifest:

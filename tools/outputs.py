@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +62,22 @@ def frame_number(stem: str) -> str:
 
 
 def folder_names(files: Sequence[Path]) -> list[str]:
-    """The sub-folder of each image of a folder: its stem in lower case (as SOWLv2); stems that
-    collide (``a.jpg``, ``A.png``) get their suffix appended (``a_jpg``, ``a_png``)."""
+    """The sub-folder of each image of a folder: its stem in lower case (as SOWLv2). Stems that
+    collide (``a.jpg``, ``A.png``) get their suffix appended (``a_jpg``, ``a_png``), and a name still
+    taken (``a_png.jpg`` beside those) a counter: no two images share a folder."""
     stems = [f.stem.lower() for f in files]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    return [f"{s}_{f.suffix.lstrip('.').lower()}" if counts[s] > 1 else s for s, f in zip(stems, files, strict=True)]
+    counts = Counter(stems)
+    names = [f"{s}_{f.suffix.lstrip('.').lower()}" if counts[s] > 1 else s for s, f in zip(stems, files, strict=True)]
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        unique, k = name, 1
+        while unique in taken:
+            k += 1
+            unique = f"{name}_{k}"
+        taken.add(unique)
+        out.append(unique)
+    return out
 
 
 class PromptColors:

@@ -299,6 +299,40 @@ def test_large_image(infer, tiny_artifact, tmp_path, make_image):
     assert read_png(out / "binary" / "frames" / "000001_obj1_cat_mask.png").shape == (6000, 8000)
 
 
+# Inputs whose names collide once turned into output names: a shared stem (a.jpg, a.png), a suffix
+# spelled out by another file (a_png.jpg), a space that becomes "_" ("a b.jpg", a_b.jpg), and case,
+# which some filesystems ignore (A.JPG).
+CLASHING_NAMES = ["a.jpg", "a.png", "a_png.jpg", "a b.jpg", "a_b.jpg", "A.JPG", "b.png"]
+
+
+def test_output_names_never_repeat():
+    from tools.outputs import folder_names
+
+    names = folder_names([Path("in") / n for n in CLASHING_NAMES])
+    assert len({n.casefold() for n in names}) == len(CLASHING_NAMES), names
+    assert names[-1] == "b", "a stem used once stays as it is"
+
+
+def test_inputs_sharing_a_stem_get_their_own_outputs(infer, tiny_artifact, tmp_path, make_image):
+    """Each input of a folder whose names clash gets its own merged mask (told apart by its size)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # sizes all different, so that an output overwritten by another input's shows
+    sizes = {name: (40 + 7 * i, 90 - 5 * i) for i, name in enumerate(CLASHING_NAMES)}
+    for i, (name, hw) in enumerate(sizes.items()):
+        Image.fromarray(make_image(*hw, seed=40 + i)).save(folder / name, format="PNG" if name.endswith("png") else "JPEG")
+    out = tmp_path / "out"
+    infer("--engines", tiny_artifact, "--input", folder, "--prompt", "cat", "--output", out, "--threshold", "0",
+          "--max-detections", "1", "--no-overlay")
+    merged = sorted(out.rglob("*merged_mask.png"))
+    assert len(merged) == len(CLASHING_NAMES), [p.relative_to(out) for p in merged]
+    assert sorted(read_png(p).shape for p in merged) == sorted(sizes.values())
+    frames = [p for p in out.rglob("*_mask.png") if p not in merged]
+    assert sorted(read_png(p).shape for p in frames) == sorted(sizes.values()), "one object per image, each kept"
+    rows = json.loads((out / "detections.json").read_text())
+    assert sorted(r["file_name"] for r in rows) == sorted(CLASHING_NAMES)
+
+
 # ---------------------------------------------------------------------------------------------
 # One-line errors, exit status 2, never a traceback.
 
