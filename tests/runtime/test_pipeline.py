@@ -311,7 +311,7 @@ def fake_tensorrt(monkeypatch):
     """TensorRT 10.9 'importable', an H100 'present', and a TensorRT backend that runs ONNX Runtime."""
     opened = []
 
-    def tensorrt_opener(manifest, precision):
+    def tensorrt_opener(manifest, precision, cuda_graphs=()):
         opened.append(precision)
         return onnxruntime_opener(manifest, precision)
 

@@ -346,7 +346,8 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
     images = read_calibration_images(args.calib_dir, 1, min_images=1, progress=False)
     inputs = CalibrationInputs(manifest.root, images, OwlPreprocessing.from_dict(manifest.preprocessing("owl")),
                                Sam2Preprocessing.from_dict(manifest.preprocessing("sam")),
-                               manifest.sizes["owl_text_length"], progress=False)
+                               manifest.sizes["owl_text_length"], progress=False, sizes=manifest.sizes,
+                               max_dims={d: r["max"] for d, r in manifest.data["profiles"].items()})
     rows = []
     try:
         for name in args.graphs or list(manifest.graphs):
