@@ -263,14 +263,19 @@ class Sam2Tracker:
         log.info("tracking %s", "on two CUDA streams (TensorRT graphs)" if self.on_streams else "with run() per graph")
         self.reset()
 
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner], **options) -> "Sam2Tracker":
+    @staticmethod
+    def check_video_graphs(manifest: Manifest) -> None:
+        """An ``ArtifactError`` saying how to re-export, unless ``manifest`` has every video graph."""
         missing = [g.name for g in SAM2_VIDEO_GRAPHS if g.name not in manifest.graphs]
         if missing:
             raise ArtifactError(
                 f"{manifest.root} has no video graphs ({', '.join(missing)}); re-export it with "
                 "python -m export.build --video to track objects in videos"
             )
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner], **options) -> "Sam2Tracker":
+        cls.check_video_graphs(manifest)
         pre = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
         profiles = manifest.data["profiles"]
         graphs = {g.name: open_graph(g) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
@@ -286,6 +291,7 @@ class Sam2Tracker:
         tracker owns these graphs: :meth:`close` closes them."""
         from runtime.backends import onnxruntime_opener
 
+        cls.check_video_graphs(manifest)  # before anything reads the video graphs' sizes
         if backend == "onnxruntime":
             opener = open_graph or onnxruntime_opener(manifest, precision)
             if options.get("objects_per_call") is None:
