@@ -193,7 +193,7 @@ def build(args: argparse.Namespace) -> Path:
             raise UserError(f"{args.owl_model}: its tokenizer has no fast (tokenizer.json) form, which the runtime needs")
 
         owl_pre = owl_preprocessing_from_processor(owl.processor)
-        sam_pre = sam2_preprocessing_from_processor(sam.processor)
+        sam_pre = sam2_preprocessing_from_processor(sam.processor, mask_size=sizes["sam_mask_size"])
         precision_parity: dict[str, Any] = {}
         calibration_record = None
         if precisions:

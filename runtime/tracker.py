@@ -241,6 +241,7 @@ class Sam2Tracker:
         self.slots = int(sizes["sam_num_maskmem"])
         self.max_pointers = int(sizes["sam_max_object_pointers"])
         self.tokens, self.mem_dim, self.hidden = (int(sizes[k]) for k in ("sam_memory_tokens", "sam_memory_dim", "sam_embed_dim"))
+        self.mask_size = int(sizes["sam_mask_size"])  # the decoders' low-res masks: the model's, not the processor's
         if objects_per_call is not None and objects_per_call < 1:
             raise UserError(f"objects_per_call must be at least 1, got {objects_per_call}")
         self.objects_per_call = min(objects_per_call or max_objects_per_call, max_objects_per_call)
@@ -383,7 +384,7 @@ class Sam2Tracker:
     def _track(self, t: int, feats: dict) -> dict[str, np.ndarray]:
         """Masks, scores and pointers of every existing object on frame t, by memory attention."""
         n = len(self.tracks)
-        h = self.preprocessing.mask_size
+        h = self.mask_size
         out = {"masks": np.empty((n, 1, h, h), np.float32), "scores": np.empty((n, 1), np.float32),
                "pointers": np.empty((n, self.hidden), np.float32)}
         for idx, bank in self._bank_chunks(t):

@@ -83,6 +83,24 @@ def test_tracking_matches_sam2videomodel(make_tracker, tiny_checkpoints):
     assert mask_iou(ref[0], ref[-1]).min() < 0.9
 
 
+def test_mask_size_comes_from_the_model_not_the_processor(video_graphs, make_tracker):
+    """An artifact whose SAM2 processor says mask_size 256 (its default, left on a 64 px model with
+    16x16 low-res masks): the tracker sizes its masks from the exported graphs and tracks as usual."""
+    import dataclasses
+
+    m, graphs = video_graphs
+    pre = Sam2Preprocessing.from_dict(m.preprocessing("sam"))
+    assert pre.mask_size == m.sizes["sam_mask_size"] == 16
+    stale = Sam2Tracker(graphs, dataclasses.replace(pre, mask_size=256), m.sizes,
+                        int(m.data["profiles"][NUM_OBJECTS]["max"]), int(m.data["profiles"][NUM_BOXES]["max"]))
+    video = MovingShapes(4, 64, 80, num_shapes=2, seed=4)
+    frames, boxes = list(video), video.boxes(0)
+    got = list(track(iter(frames), stale, boxes=boxes))
+    want = list(track(iter(frames), make_tracker(), boxes=boxes))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.masks, w.masks)
+
+
 # --- memory bank ---------------------------------------------------------------------------------
 
 
