@@ -232,7 +232,8 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
     from calibration.inputs import CalibrationInputs
     from export.artifact import file_record, write_json
     from export.parity import ParityError
-    from export.precision import format_precision_table, precision_failures, write_precisions
+    from export.precision import (format_flips, format_precision_table, precision_failures, rejected_flips,
+                                  write_precisions)
     from runtime.manifest import is_artifact
 
     inputs = None
@@ -247,26 +248,31 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
     finally:
         if inputs is not None:
             inputs.close()
-    by_precision = {p: [r for r in outcome.rows if r.precision == p] for p in precisions}
-    for p, mine in by_precision.items():
-        parity[p] = {"passed": not precision_failures(mine), "rows": [r.__dict__ for r in mine]}
+    by_precision = {p: ([r for r in outcome.rows if r.precision == p], [f for f in outcome.flips if f.precision == p])
+                    for p in precisions}
+    for p, (mine, flips) in by_precision.items():
+        parity[p] = {"passed": not precision_failures(mine) and not rejected_flips(flips),
+                     "rows": [r.__dict__ for r in mine], "flips": [f.__dict__ for f in flips]}
     write_json(tmp / PARITY_NAME, parity)
-    bad = precision_failures(outcome.rows)
-    table = format_precision_table(outcome.rows)
+    bad = precision_failures(outcome.rows) + rejected_flips(outcome.flips)
+    table = format_precision_table(outcome.rows) + ("\n" + format_flips(outcome.flips) if outcome.flips else "")
     if bad:
         say(table)
         worst = ", ".join(sorted({f"{r.graph} {r.precision}" for r in bad}))
         raise ParityError(
-            f"{len(bad)} of {len(outcome.rows)} precision parity checks failed ({worst}; table above); "
-            "nothing was written: export without that precision, or calibrate on more representative images"
+            f"{len(bad)} of {len(outcome.rows) + len(outcome.flips)} precision parity checks failed ({worst}; table "
+            "above); nothing was written: export without that precision, or calibrate on more representative images"
         )
     log.info("precision parity table:\n%s", table)
     return outcome, by_precision
 
 
-def _precision_summary(rows) -> dict[str, Any]:
-    return {"passed": all(r.passed for r in rows), "checks": len(rows),
-            "worst_cosine": min((r.cosine for r in rows), default=None)}
+def _precision_summary(checks) -> dict[str, Any]:
+    rows, flips = checks
+    return {"passed": all(r.passed for r in rows) and all(f.accepted for f in flips), "checks": len(rows),
+            "worst_cosine": min((r.cosine for r in rows), default=None),
+            # discrete choices decided otherwise than the FP32 reference, at ties (parity.json lists them)
+            "choice_flips": len(flips), "worst_flip_margin": max((f.margin for f in flips), default=None)}
 
 
 def build_engines_from(root: Path, args: argparse.Namespace) -> bool:

@@ -144,7 +144,7 @@ def test_prompt_decoder_and_pointer_equal_reference(video_model, reference):
         assert kw["input_labels"].tolist() == [[[2, 3]]], "a box reaches the video model as points 2, 3"
         feat0, feat1, embed = kw["image_embeddings"]
         with torch.inference_mode():
-            masks, iou, obj, token = decoder(embed, feat0, feat1, kw["input_points"].reshape(1, 1, 4))
+            masks, iou, obj, token, *_candidates = decoder(embed, feat0, feat1, kw["input_points"].reshape(1, 1, 4))
             ptr = pointer(token[0], obj[0])
         assert _max_abs(masks, d["pred_masks"]) <= ATOL
         assert _max_abs(obj, d["object_score_logits"]) <= ATOL
@@ -165,7 +165,7 @@ def test_track_decoder_and_pointer_equal_reference(video_model, reference):
         assert kw["multimask_output"] and kw["input_masks"] is None
         feat0, feat1, conditioned = kw["image_embeddings"]
         with torch.inference_mode():
-            masks, iou, obj, token = decoder(conditioned, feat0, feat1)
+            masks, iou, obj, token, *_candidates = decoder(conditioned, feat0, feat1)
             ptr = pointer(token, obj)
         best_iou = d["iou_scores"].reshape(-1).max()
         worst = max(worst, _max_abs(masks, d["pred_masks"]), _max_abs(obj, d["object_score_logits"]),
@@ -175,11 +175,11 @@ def test_track_decoder_and_pointer_equal_reference(video_model, reference):
 
 def test_gates_and_no_object_pointer():
     """Objects with a score <= 0: masks -1024 and the learnt no-object pointer (the reference's gate)."""
-    from export.sam2_video import _gate
+    from export.sam2 import gate_absent
 
     masks = torch.randn(3, 1, 4, 4)
     scores = torch.tensor([[0.5], [-0.5], [0.0]])
-    gated = _gate(masks, scores)
+    gated = gate_absent(masks, scores > 0)
     assert torch.equal(gated[0], masks[0]) and (gated[1:] == NO_OBJ_SCORE).all()
 
 

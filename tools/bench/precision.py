@@ -151,7 +151,8 @@ def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
     write_json(out / MANIFEST_NAME, data)
     parity = json.loads((out / PARITY_NAME).read_text())
     for p in ("fp16", "int8"):
-        parity[p] = {"rows": [r.__dict__ for r in outcome.rows if r.precision == p]}
+        parity[p] = {"rows": [r.__dict__ for r in outcome.rows if r.precision == p],
+                     "flips": [f.__dict__ for f in outcome.flips if f.precision == p]}
     write_json(out / PARITY_NAME, parity)
     print(format_precision_table(outcome.rows))
     timings = {name: {p: {k: e.get(k) for k in ("seconds", "calibration_seconds", "calibration_method",
