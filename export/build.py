@@ -147,13 +147,15 @@ def build(args: argparse.Namespace) -> Path:
     sizes = {**owl_sizes(owl), **sam2_sizes(sam)}
     graphs = owl_graph_exports(owl, sizes) + sam2_graph_exports(sam, sizes)
     if args.video:  # SAM2's memory modules, from Sam2VideoModel of the same checkpoint
-        from export.sam2_video import load_sam_video, sam2_video_graph_exports, sam2_video_sizes
+        from export.sam2_video import load_sam_video, sam2_video_graph_exports, sam2_video_sizes, video_ranges
 
         say(f"loading SAM2's video modules from {args.sam_model}")
         sam_video = load_sam_video(args.sam_model)
         sizes.update(sam2_video_sizes(sam_video, sizes))
         graphs += sam2_video_graph_exports(sam_video, sizes)
     profiles = with_max(DYNAMIC_DIMS, num_prompts=args.max_prompts, num_boxes=args.max_boxes, batch=args.max_batch)
+    if args.video:
+        profiles = video_ranges(sizes, profiles)
 
     with staged_directory(args.out) as tmp:
         records: dict[str, Any] = {}

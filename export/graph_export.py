@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Protocol
 
@@ -55,6 +55,8 @@ class GraphExport:
     spec: GraphSpec
     module: torch.nn.Module  # forward: the spec's inputs -> its outputs, then its candidates
     make_inputs: InputMaker  # concrete dynamic dims -> {input name: array}
+    # the dynamic dims' ranges this checkpoint allows (e.g. num_memories up to its num_maskmem)
+    ranges: Mapping[str, DimRange] = field(default_factory=lambda: dict(DYNAMIC_DIMS))
 
     @property
     def choices(self) -> DiscreteChoices | None:
@@ -86,7 +88,7 @@ def export_to_onnx(graph: GraphExport, path: Path, seed: int = 0) -> list[Path]:
     """Write ``graph`` to ``path`` with the dynamo exporter; return the files written."""
     spec = graph.spec
     module = graph.module.eval()  # the wrapper itself: the exporter restores its training flag
-    dims = export_example_dims(spec)
+    dims = export_example_dims(spec, graph.ranges)
     feeds = graph.make_inputs(dims, np.random.default_rng(seed))
     args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names)
     written = spec.with_candidates()  # the candidates become plain tensors of the graph below

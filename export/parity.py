@@ -15,7 +15,7 @@ import numpy as np
 from export.graph_export import GraphExport, candidates_exposed, export_example_dims
 from runtime.backends.onnxruntime import OrtGraph
 from runtime.errors import UserError
-from runtime.graphs import DYNAMIC_DIMS, GraphSpec, Tolerance
+from runtime.graphs import DYNAMIC_DIMS, DimRange, GraphSpec, Tolerance
 
 
 class ParityError(UserError):
@@ -36,13 +36,13 @@ class OutputParity:
     problem: str = ""
 
 
-def parity_dim_sets(spec: GraphSpec) -> list[dict[str, int]]:
-    """The export's example size plus every dynamic dim at each of its parity sizes."""
+def parity_dim_sets(spec: GraphSpec, ranges: Mapping[str, DimRange] = DYNAMIC_DIMS) -> list[dict[str, int]]:
+    """The export's example size plus every dynamic dim at each of its parity sizes (of ``ranges``)."""
     dims = spec.dynamic_dims
-    longest = max((len(DYNAMIC_DIMS[d].parity_sizes) for d in dims), default=0)
-    sets = [export_example_dims(spec)]
+    longest = max((len(ranges[d].parity_sizes) for d in dims), default=0)
+    sets = [export_example_dims(spec, ranges)]
     for i in range(longest):
-        sizes = {d: DYNAMIC_DIMS[d].parity_sizes[min(i, len(DYNAMIC_DIMS[d].parity_sizes) - 1)] for d in dims}
+        sizes = {d: ranges[d].parity_sizes[min(i, len(ranges[d].parity_sizes) - 1)] for d in dims}
         if sizes not in sets:
             sets.append(sizes)
     return sets
@@ -134,7 +134,7 @@ def replay_choices(graph: GraphExport, ref: Mapping[str, np.ndarray], got: Mappi
 def parity_runs(graph: GraphExport, seed: int = 0) -> Iterator[tuple[dict[str, int], dict[str, np.ndarray]]]:
     """The parity inputs of ``graph``: each of :func:`parity_dim_sets` with its feeds, drawn with seed
     ``seed + 1 + i`` (the export itself traces with ``seed``); made one at a time, when reached."""
-    for i, dims in enumerate(parity_dim_sets(graph.spec)):
+    for i, dims in enumerate(parity_dim_sets(graph.spec, graph.ranges)):
         yield dims, graph.make_inputs(dims, np.random.default_rng(seed + 1 + i))
 
 

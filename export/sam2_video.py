@@ -51,7 +51,7 @@ from export.sam2 import (_CANDIDATE_IOU, _CANDIDATE_MASKS, NO_OBJ_SCORE, Sam2Dec
 from runtime.errors import UserError
 from runtime.graphs import (BATCH, BEST_IOU, NUM_BOXES, NUM_MEMORIES, NUM_OBJECTS, NUM_POINTERS, OBJECT_PRESENT,
                             SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER, SAM2_OBJECT_POINTER,
-                            SAM2_PROMPT_DECODER, SAM2_TRACK_DECODER, DYNAMIC_DIMS)
+                            SAM2_PROMPT_DECODER, SAM2_TRACK_DECODER, DYNAMIC_DIMS, DimRange, with_max)
 
 log = logging.getLogger(__name__)
 
@@ -463,10 +463,18 @@ def sam2_video_graph_exports(loaded: LoadedModel, sizes: Mapping[str, int]) -> l
         _, obj, tokens = decoded(n, rng)
         return {"mask_token": tokens, "object_score_logits": obj}
 
+    ranges = video_ranges(sizes)
     return [
-        GraphExport(SAM2_PROMPT_DECODER, prompt, prompt_inputs),
-        GraphExport(SAM2_MEMORY_ATTENTION, attention, attention_inputs),
-        GraphExport(SAM2_TRACK_DECODER, track, track_inputs),
-        GraphExport(SAM2_OBJECT_POINTER, pointer, pointer_inputs),
-        GraphExport(SAM2_MEMORY_ENCODER, encoder, encoder_inputs),
+        GraphExport(SAM2_PROMPT_DECODER, prompt, prompt_inputs, ranges),
+        GraphExport(SAM2_MEMORY_ATTENTION, attention, attention_inputs, ranges),
+        GraphExport(SAM2_TRACK_DECODER, track, track_inputs, ranges),
+        GraphExport(SAM2_OBJECT_POINTER, pointer, pointer_inputs, ranges),
+        GraphExport(SAM2_MEMORY_ENCODER, encoder, encoder_inputs, ranges),
     ]
+
+
+def video_ranges(sizes: Mapping[str, int], ranges: Mapping[str, DimRange] = DYNAMIC_DIMS) -> dict[str, DimRange]:
+    """``ranges`` with the memory bank's dims up to what the checkpoint holds: num_maskmem memory frames
+    and max_object_pointers_in_encoder pointers (7 and 16 for the released models, fewer for others)."""
+    return with_max(ranges, **{NUM_MEMORIES: int(sizes["sam_num_maskmem"]),
+                               NUM_POINTERS: int(sizes["sam_max_object_pointers"])})

@@ -135,13 +135,15 @@ def resolve_shape(tensor: TensorSpec, sizes: Mapping[str, int], dims: Mapping[st
 
 
 def with_max(dims: Mapping[str, DimRange], **maxima: int | None) -> dict[str, DimRange]:
-    """Copy of ``dims`` with the given maxima (e.g. ``num_boxes=32``); ``opt`` is clipped to fit."""
+    """Copy of ``dims`` with the given maxima (e.g. ``num_boxes=32``, or a checkpoint's
+    ``num_memories=3``); ``opt`` and the parity sizes are clipped to fit."""
     out = dict(dims)
     for name, mx in maxima.items():
         if mx is None:
             continue
         r = out[name]
-        out[name] = replace(r, max=mx, opt=min(r.opt, mx), min=min(r.min, mx))
+        out[name] = replace(r, max=mx, opt=min(r.opt, mx), min=min(r.min, mx),
+                            parity_sizes=tuple(sorted({min(s, mx) for s in r.parity_sizes})))
     return out
 
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -87,6 +88,48 @@ def tiny_video_precision_artifact(tiny_checkpoints, calibration_dir, tmp_path_fa
           "--out", str(out), "--fp32", "--fp16", "--int8", "--video", "--calib-dir", str(calibration_dir),
           "--calib-count", "6", "--engines", "skip"])
     return out
+
+
+@dataclass(frozen=True)
+class FamilyMember:
+    """One checkpoint shape of ``tools.tiny_checkpoints.FAMILY``, exported with every graph at every precision."""
+
+    name: str
+    checkpoints: "TinyCheckpoints"  # noqa: F821 - tools.tiny_checkpoints, imported lazily
+    artifact: Path  # export.build --fp32 --fp16 --int8 --video
+
+
+#: The family's calibration: the minimum number of images, max ranges (no entropy histograms), to keep
+#: each member's one combined export short; the default member's artifact is tiny_video_precision_artifact's.
+FAMILY_CALIBRATION = ("--calib-count", "4", "--calib-method", "max")
+
+
+def _family_names() -> list[str]:
+    from tools.tiny_checkpoints import FAMILY
+
+    return list(FAMILY)
+
+
+@pytest.fixture(scope="session", params=_family_names())
+def family_member(request, calibration_dir, tmp_path_factory) -> FamilyMember:
+    """Each member of the family of tiny checkpoint shapes in turn, with one combined export
+    (``--fp32 --fp16 --int8 --video``); pytest runs all tests of one member before building the next,
+    and the member's files go when its tests are done. "default" is the session's tiny checkpoints."""
+    from export.build import main
+    from tools.tiny_checkpoints import FAMILY, write_tiny_checkpoints
+
+    name = request.param
+    if name == "default":
+        yield FamilyMember(name, request.getfixturevalue("tiny_checkpoints"),
+                           request.getfixturevalue("tiny_video_precision_artifact"))
+        return
+    root = tmp_path_factory.mktemp(f"family-{name}")
+    ckpt = write_tiny_checkpoints(root / "checkpoints", seed=0, shape=FAMILY[name])
+    out = root / "artifact"
+    main(["--owl-model", str(ckpt.owl), "--sam-model", str(ckpt.sam), "--out", str(out), "--fp32", "--fp16",
+          "--int8", "--video", "--calib-dir", str(calibration_dir), *FAMILY_CALIBRATION, "--engines", "skip"])
+    yield FamilyMember(name, ckpt, out)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

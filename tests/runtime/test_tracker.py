@@ -19,6 +19,8 @@ from runtime.tracker import (Sam2Tracker, TrackedFrame, _Track, from_bfloat16_bi
                              track)
 from tools.bench.synthetic import MovingShapes
 
+from _reference import reference_tracking
+
 MIN_IOU = 0.98
 
 
@@ -44,30 +46,11 @@ def make_tracker(video_graphs):
 # --- parity with Sam2VideoModel ----------------------------------------------------------------
 
 
-def reference_masks(sam_dir, frames: list[np.ndarray], boxes: np.ndarray) -> list[np.ndarray]:
-    """transformers' video inference: Sam2VideoProcessor + Sam2VideoModel, boxes on frame 0."""
-    import torch
-    from transformers import Sam2VideoModel, Sam2VideoProcessor
-
-    model = Sam2VideoModel.from_pretrained(sam_dir).eval()
-    processor = Sam2VideoProcessor.from_pretrained(sam_dir)
-    h, w = frames[0].shape[:2]
-    session = processor.init_video_session(video=frames, inference_device="cpu")
-    processor.add_inputs_to_inference_session(session, frame_idx=0, obj_ids=list(range(1, len(boxes) + 1)),
-                                              input_boxes=[boxes.tolist()])
-    out = []
-    with torch.inference_mode():
-        for o in model.propagate_in_video_iterator(session, start_frame_idx=0):
-            masks = processor.post_process_masks([o.pred_masks], original_sizes=[[h, w]], binarize=True)[0]
-            out.append(masks[:, 0].numpy())
-    return out
-
-
 def test_tracking_matches_sam2videomodel(make_tracker, tiny_checkpoints):
     """Same box prompts on frame 0, no re-detection: per-frame masks with IoU >= 0.98 for every object."""
     video = MovingShapes(30, 96, 128, num_shapes=3, seed=0)
     frames, boxes = list(video), video.boxes(0)
-    ref = reference_masks(str(tiny_checkpoints.sam), frames, boxes)
+    ref = reference_tracking(str(tiny_checkpoints.sam), frames, boxes)
     ours = list(track(iter(frames), make_tracker(), boxes=boxes))
     assert len(ours) == len(ref) == 30
     ious = np.stack([mask_iou(r, o.masks) for r, o in zip(ref, ours, strict=True)])  # [frames, objects]
