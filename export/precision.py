@@ -21,8 +21,9 @@ one FP32 ONNX file and writing one precision file, each testable alone (values u
   produced are returned so that the caller can cache them.
 
 Parity of a precision graph is judged against the FP32 PyTorch module by cosine similarity per
-output (:data:`runtime.graphs.PRECISION_ACCEPTANCE`), the task-level IoU checks live in the tests
-and in ``tools.bench.precision``.
+output (:data:`runtime.graphs.PRECISION_ACCEPTANCE`); for SAM2's decoders, before their discrete
+choices (every candidate), with flips counted apart and accepted at ties only (:func:`precision_parity`).
+The task-level IoU checks live in the tests and in ``tools.bench.precision``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ an ArgMax and a GatherElements. Here:
 * the stability fallback's ``argmax`` + ``gather`` and ``where(... expand_as ...)`` become
   comparisons and a chain of ``where`` over the (static) number of multimask outputs, with
   broadcasting: no ArgMax, GatherElements or int64 tensor in the graph; mask areas are counted in
-  float32 (exact below 2**24 pixels) instead of int64.
+  float32 (exact below 2**24 pixels) instead of int64;
+* the selection is two steps, ``decide`` then ``select``, on the candidates (every mask token's
+  logits and predicted IoU), which the graph computes under the spec's candidate names: parity
+  replays the steps to compare the graph before its choices (``export.parity.replay_choices``).
 
 Every rewrite is exact: it selects, adds or concatenates the same float32 values the reference does.
 """

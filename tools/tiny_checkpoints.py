@@ -1,6 +1,6 @@
 """Tiny random OWLv2 and SAM2 checkpoints in Hugging Face format, with a real CLIP BPE tokenizer.
 
-    python -m tools.tiny_checkpoints OUT [--seed N] [--force]
+    python -m tools.tiny_checkpoints OUT [--seed N] [--force] [--shape NAME]
 
 writes (in about a second, after imports)::
 
@@ -15,7 +15,9 @@ writes (in about a second, after imports)::
 ``Sam2VideoModel``, ``Sam2Processor`` and ``Sam2VideoProcessor`` from ``OUT/sam2`` (``Sam2Model`` skips
 the video-only memory weights, as it does for the hub's SAM2 checkpoints, after a warning that it is
 loading a ``sam2_video`` config); ``AutoProcessor`` gives ``Owlv2Processor`` and ``Sam2Processor``.
-Everything is written to a temporary sibling of OUT and renamed into place at the end.
+Everything is written to a temporary sibling of OUT and renamed into place at the end. ``--shape``
+writes another member of :data:`FAMILY`, the checkpoint shapes the tests export (other image sizes,
+widths, depths; its processors left at transformers' defaults where a user's would be).
 
 Weights are a pure function of the seed (same seed, byte-identical ``model.safetensors``) and of
 order 1: Hugging Face's std-0.02 init gives SAM2 masks of about 1e-4, against which any parity check
@@ -137,22 +139,27 @@ FAMILY: dict[str, TinyShape] = {
         owl_image_size=80, owl_vision=(48, 96, 3, 3), owl_text=(40, 80, 2, 2), owl_text_positions=12,
         owl_tokenizer_length=12, sam_image_size=96, sam_dims=(16, 32, 64, 128), sam_blocks=(1, 2, 3, 1),
         sam_heads=(1, 2, 4, 8), sam_windows=(4, 4, 6, 3), sam_global_blocks=(5,), sam_pos_background=6,
-        sam_hidden=256, sam_memory_layers=1, sam_processor_mask_size=None),
+        sam_hidden=256, sam_memory_layers=1, sam_memory_heads=2, sam_num_maskmem=3, sam_processor_mask_size=None),
     "owl72p12-sam128": TinyShape(
         owl_image_size=72, owl_patch_size=12, owl_vision=(32, 48, 1, 4), owl_text=(48, 96, 3, 4),
         owl_text_positions=20, owl_tokenizer_length=16, sam_image_size=128, sam_blocks=(2, 1, 3, 2),
         sam_global_blocks=(4, 7), sam_pos_background=8, sam_memory_heads=2, sam_num_maskmem=5,
         sam_max_pointers=8, sam_processor_mask_size=None),
-    "owl96p32-sam64-h256": TinyShape(
-        owl_image_size=96, owl_patch_size=32, owl_vision=(24, 48, 2, 2), sam_dims=(12, 24, 48, 96),
-        sam_blocks=(1, 1, 3, 1), sam_heads=(1, 2, 3, 4), sam_global_blocks=(4,), sam_pos_background=7,
-        sam_hidden=256, sam_memory_layers=1, sam_memory_heads=2, sam_num_maskmem=3, sam_processor_mask_size=None),
+    # SAM2 as in the report that started the family: the default's widths, one memory-attention layer,
+    # the processor's mask_size left at 256
+    "owl96p32-sam64-mem1": TinyShape(
+        owl_image_size=96, owl_patch_size=32, owl_vision=(24, 48, 2, 2), sam_memory_layers=1,
+        sam_processor_mask_size=None),
     "owl48p8-sam160": TinyShape(
         owl_image_size=48, owl_patch_size=8, owl_vision=(32, 64, 2, 1), owl_text=(24, 48, 1, 1),
-        owl_text_positions=8, owl_tokenizer_length=8, sam_image_size=160, sam_blocks=(1, 1, 1, 2),
-        sam_heads=(1, 1, 2, 4), sam_windows=(8, 4, 10, 5), sam_global_blocks=(4,), sam_pos_background=5,
-        sam_memory_layers=1, sam_processor_mask_size=None),
+        owl_text_positions=8, owl_tokenizer_length=8, sam_image_size=160, sam_dims=(12, 24, 48, 96),
+        sam_blocks=(1, 1, 1, 2), sam_heads=(1, 2, 3, 4), sam_windows=(8, 4, 10, 5), sam_global_blocks=(4,),
+        sam_pos_background=5, sam_memory_layers=1, sam_processor_mask_size=None),
 }
+#: The weights' seed of a member in the tests, where not 0: owl96p32-sam64-mem1's seed-1 weights make
+#: its FP16 sam2_decoder choose the other mask for one box (stability 0.68 low-res pixels from the
+#: threshold): a tie that the precision acceptance must accept and count as a flip.
+FAMILY_SEEDS: dict[str, int] = {"owl96p32-sam64-mem1": 1}
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,8 +690,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--force", action="store_true", help="replace OUT if it exists and is not empty"
     )
+    parser.add_argument("--shape", choices=list(FAMILY), default="default",
+                        help="which member of the family of checkpoint shapes the tests use (default: default)")
     args = parser.parse_args(argv)
-    written = write_tiny_checkpoints(args.out, seed=args.seed, force=args.force, log=print)
+    written = write_tiny_checkpoints(args.out, seed=args.seed, force=args.force, log=print, shape=FAMILY[args.shape])
     print(f"wrote {written.owl} and {written.sam}")
     return 0
 

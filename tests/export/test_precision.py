@@ -281,6 +281,15 @@ def _scale_weight(name_part: str, factor: float):
     return edit
 
 
+def _shift_iou_prediction(token: int, shift: float):
+    def edit(model):
+        (t,) = [t for t in model.graph.initializer if t.name.endswith("iou_prediction_head.proj_out.bias")]
+        b = onnx.numpy_helper.to_array(t).copy()
+        b[token] += shift
+        t.CopyFrom(onnx.numpy_helper.from_array(b, t.name))
+    return edit
+
+
 def _invert_stability_choice(model):
     """``stability >= threshold`` -> ``<``: every box takes the other candidate."""
     consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant"} | {t.name for t in model.graph.initializer}
@@ -290,9 +299,10 @@ def _invert_stability_choice(model):
 
 def test_decoder_precision_gate_tells_a_broken_graph_from_a_sound_one(tiny_artifact, decoder_export, tmp_path):
     """The FP16 decoder passes (its flips, if any, at ties); the same graph with one weight of the
-    mask hypernetwork scaled fails on that candidate; with its stability choice inverted, every
-    candidate passes but the chosen mask fails, since the reference chooses as the graph's own
-    candidates say."""
+    mask hypernetwork scaled fails on that candidate; with one mask token's predicted IoU raised by
+    0.1, every cosine passes but the best-of-three choice flips where the reference was no tie
+    (rejected flips); with its stability choice inverted, every candidate passes but the chosen mask
+    fails, since the reference chooses as the graph's own candidates say."""
     from export.precision import _random_runs, precision_parity, rejected_flips
 
     acc = PRECISION_ACCEPTANCE["fp16"]
@@ -307,6 +317,12 @@ def test_decoder_precision_gate_tells_a_broken_graph_from_a_sound_one(tiny_artif
     rows, _ = precision_parity(decoder_export, weights, "fp16", runs, acc)
     failed = {r.output for r in rows if not r.passed}
     assert "candidate_mask_logits" in failed, failed
+
+    iou = _broken(sound, tmp_path / "iou.onnx", _shift_iou_prediction(2, 0.1))
+    rows, flips = precision_parity(decoder_export, iou, "fp16", runs, acc)
+    assert all(r.passed for r in rows)
+    bad = rejected_flips(flips)
+    assert bad and all(f.margin > acc.flip_margins[f.choice] for f in bad), flips
 
     choice = _broken(sound, tmp_path / "choice.onnx", _invert_stability_choice)
     rows, flips = precision_parity(decoder_export, choice, "fp16", runs, acc)

@@ -2,7 +2,8 @@
 
     python -m tools.bench.precision checkpoints OUT [--seed N]
         writes full-size random-weight OWLv2-B/16 (960 px) and SAM2.1-hiera-small checkpoints
-        (Hugging Face format, the tiny checkpoints' real CLIP BPE tokenizer) to OUT/owlv2, OUT/sam2
+        (Hugging Face format, the tiny checkpoints' real CLIP BPE tokenizer; SAM2 with its video
+        modules, as the released one) to OUT/owlv2, OUT/sam2
     python -m tools.bench.precision parity --engines DIR --owl-model DIR --sam-model DIR
                                              [--images N] [--json FILE]
         task-level parity of every precision in DIR against the FP32 PyTorch pipeline
@@ -49,7 +50,8 @@ def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print) -> tuple[Pat
     """Full-size random-weight OWLv2 and SAM2 checkpoints under ``out`` (owlv2/, sam2/)."""
     import torch
     from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor,
-                              Sam2ImageProcessor, Sam2Model, Sam2Processor)
+                              Sam2ImageProcessor, Sam2Processor, Sam2VideoConfig, Sam2VideoModel,
+                              Sam2VideoVideoProcessor)
 
     from tools.bench.fullsize import sam2_config
     from tools.tiny_checkpoints import (OWL_LOGIT_SCALE_BIAS, OWL_LOGIT_SHIFT_BIAS, SAM_OBJECT_SCORE_BIAS,
@@ -74,9 +76,13 @@ def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print) -> tuple[Pat
     owl.save_pretrained(out / "owlv2")
     processor.save_pretrained(out / "owlv2")
 
+    # a sam2_video checkpoint, as facebook/sam2.1-hiera-small is: Sam2Model loads its image weights,
+    # Sam2VideoModel (export.build --video) also its memory modules
+    image_config = sam2_config("hiera-small")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sam = Sam2Model(sam2_config("hiera-small")).eval()
+        sam = Sam2VideoModel(Sam2VideoConfig(vision_config=image_config.vision_config.to_dict(),
+                                             prompt_encoder_config={}, mask_decoder_config={})).eval()
     reinitialise(sam, seed)
     with torch.no_grad():
         sam.prompt_encoder.shared_embedding.positional_embedding.copy_(sam.shared_image_embedding.positional_embedding)
@@ -84,6 +90,7 @@ def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print) -> tuple[Pat
     log(f"writing {out / 'sam2'} ({sum(p.numel() for p in sam.parameters()) / 1e6:.0f} M parameters)")
     sam.save_pretrained(out / "sam2")
     Sam2Processor(image_processor=Sam2ImageProcessor(), target_size=1024).save_pretrained(out / "sam2")
+    Sam2VideoVideoProcessor().save_pretrained(out / "sam2")
     return out / "owlv2", out / "sam2"
 
 
