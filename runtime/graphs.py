@@ -190,9 +190,12 @@ class PrecisionAcceptance:
     flip_margins: Mapping[str, float] = field(default_factory=dict)
 
 
-# Flip margins: the largest reference margins the precision's own error moves across, measured on
-# the family of tiny checkpoints (tests/test_family.py) and stated here; a flip at a larger margin
-# means the candidates moved more than rounding does, i.e. a broken graph.
+# Flip margins: ties, stated well above what the precision's own error moves. Measured on the family
+# of tiny checkpoints (tools.tiny_checkpoints.FAMILY, tests/runtime/test_family.py; the decoders are
+# FP16 in INT8 artifacts too): FP16 candidates within 0.024 on mask logits, 2e-4 on predicted IoUs and
+# 1.1e-3 on object scores; 7 stability flips, at 0.14-0.8 low-res pixels, none of the others. The same
+# ties are what the task-level tests accept (tests/runtime/_sam2_candidates.py). A flip at a larger
+# margin means candidates moved more than rounding does: a broken graph (tests/export/test_precision.py).
 PRECISION_ACCEPTANCE: Mapping[str, PrecisionAcceptance] = {
     "fp16": PrecisionAcceptance(min_cosine=0.999, min_mask_iou=0.97, min_box_iou=0.95,
                                 flip_margins={STABILITY: 3.0, BEST_IOU: 0.01, OBJECT_PRESENT: 0.05}),

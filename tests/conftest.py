@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny random checkpoints and the artifacts built from them, per session; TensorRT
-engines built from those where TensorRT and a GPU exist; and the checks several test modules make
+"""Shared fixtures: tiny random checkpoints and the artifacts built from them, per session; the family
+of checkpoint shapes, exported in the background while the rest of the suite runs; TensorRT engines
+built from those where TensorRT and a GPU exist; and the checks several test modules make
 (command-line runs and their one-line errors, calibration feeds against their graph's spec)."""
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ def pytest_collection_modifyitems(session, config, items):
     if not family:
         return
     items[:] = [item for item in items if "family_member" not in getattr(item, "fixturenames", ())] + family
-    _FAMILY_EXPORTS = FamilyExports(_family_names())
+    selected = dict.fromkeys(item.callspec.params["family_member"] for item in family)  # in test order
+    _FAMILY_EXPORTS = FamilyExports(list(selected))
     _FAMILY_EXPORTS.start()
 
 
@@ -231,6 +233,8 @@ def family_member(request) -> FamilyMember:
         return
     if _FAMILY_EXPORTS is None:
         _FAMILY_EXPORTS = FamilyExports(_family_names())
+    if name not in _FAMILY_EXPORTS.done:
+        pytest.fail(f"family member {name} was not collected for export")
     yield _FAMILY_EXPORTS.wait(name)
     _FAMILY_EXPORTS.drop(name)
 
