@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from runtime.backends.tensorrt import (
     ENGINES_KEY,
@@ -36,11 +36,15 @@ from runtime.backends.tensorrt import (
     rebuild_hint,
     tensorrt_environment,
     tensorrt_major,
+    tensorrt_object,
     trt_logger,
 )
 from runtime.errors import ArtifactError, UserError
 from runtime.graphs import GRAPHS, GraphSpec, resolve_shape
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, export_command
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 TIMING_CACHE_NAME = "timing.cache"
 MAX_OPTIMIZATION_LEVEL = 5  # IBuilderConfig.builder_optimization_level: 0..5, default 3
@@ -89,12 +93,11 @@ def profile_shapes(spec: GraphSpec, sizes: Mapping[str, int],
     missing = [d for d in spec.dynamic_dims if d not in profiles]
     if missing:
         raise ArtifactError(f"the manifest's profiles lack {missing} needed by {spec.name!r}; re-export the artifact")
-    out = {}
+    out: dict[str, Shapes] = {}
     for t in spec.inputs:
-        out[t.name] = tuple(
-            resolve_shape(t, sizes, {d: int(profiles[d][which]) for d in spec.dynamic_dims})
-            for which in ("min", "opt", "max")
-        )
+        lo, opt, hi = (resolve_shape(t, sizes, {d: int(profiles[d][which]) for d in spec.dynamic_dims})
+                       for which in ("min", "opt", "max"))
+        out[t.name] = (lo, opt, hi)
     return out
 
 
@@ -105,8 +108,10 @@ def graph_profiles(spec: GraphSpec, profiles: Mapping[str, Mapping[str, int]]) -
 
 # --- TensorRT steps ----------------------------------------------------------------------------
 
-def network_flags(trt) -> int:
+def network_flags() -> int:
     """STRONGLY_TYPED on TensorRT 10; 0 on 11+, where networks are always strongly typed."""
+    import tensorrt as trt
+
     if tensorrt_major(trt.__version__) >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -114,27 +119,30 @@ def network_flags(trt) -> int:
 
 @dataclass
 class ParsedNetwork:
-    builder: Any
-    network: Any
-    parser: Any  # keeps the parsed weights alive until the build is done
+    builder: trt.Builder
+    network: trt.INetworkDefinition
+    parser: trt.OnnxParser  # keeps the parsed weights alive until the build is done
 
 
-def new_builder():
-    trt = import_tensorrt()
-    builder = trt.Builder(trt_logger())
-    if builder is None:
-        raise EngineBuildError("TensorRT could not create a builder (no usable GPU?); see its log")
-    return builder
+def new_builder() -> trt.Builder:
+    import_tensorrt()
+    import tensorrt as trt
+
+    return tensorrt_object(lambda: trt.Builder(trt_logger()), "a builder", EngineBuildError)
 
 
-def network_from_onnx(onnx_path: Path, spec: GraphSpec | None = None, builder=None) -> ParsedNetwork:
+def network_from_onnx(onnx_path: Path, spec: GraphSpec | None = None, builder: trt.Builder | None = None
+                      ) -> ParsedNetwork:
     """Parse ``onnx_path`` into a strongly typed network; every parser error is reported, with nodes."""
-    trt = import_tensorrt()
+    import_tensorrt()
+    import tensorrt as trt
+
     builder = builder or new_builder()
-    network = builder.create_network(network_flags(trt))
+    network = builder.create_network(network_flags())
     if network is None:
         raise EngineBuildError("TensorRT could not create a network definition; see its log")
-    parser = trt.OnnxParser(network, trt_logger())
+    parser: trt.OnnxParser = tensorrt_object(lambda: trt.OnnxParser(network, trt_logger()), "an ONNX parser",
+                                             EngineBuildError)
     # parse_from_file, not parse(bytes): the parser must know the path to find external weights.
     ok = parser.parse_from_file(str(onnx_path))
     if not ok or parser.num_errors:
@@ -148,13 +156,13 @@ def network_from_onnx(onnx_path: Path, spec: GraphSpec | None = None, builder=No
     return ParsedNetwork(builder, network, parser)
 
 
-def _parser_error(err) -> str:
+def _parser_error(err: trt.ParserError) -> str:
     node = err.node_name() or f"#{err.node()}"
     op = err.node_operator()
     return f"node {node}{f' ({op})' if op else ''}: {err.desc()}"
 
 
-def check_network_inputs(network, spec: GraphSpec, where: Path | str) -> None:
+def check_network_inputs(network: trt.INetworkDefinition, spec: GraphSpec, where: Path | str) -> None:
     """The parsed network's inputs are the spec's, by name and rank (before any profile is set)."""
     got = {network.get_input(i).name: len(network.get_input(i).shape) for i in range(network.num_inputs)}
     want = {t.name: len(t.shape) for t in spec.inputs}
@@ -163,7 +171,8 @@ def check_network_inputs(network, spec: GraphSpec, where: Path | str) -> None:
                                "re-export the artifact")
 
 
-def open_timing_cache(config, path: Path | None, say: Callable[[str], None]):
+def open_timing_cache(config: trt.IBuilderConfig, path: Path | None, say: Callable[[str], None]
+                      ) -> trt.ITimingCache:
     """A timing cache for ``config``: the one in ``path`` if TensorRT accepts it, else a new one.
 
     ``ITimingCache.combine`` refuses a cache from another TensorRT version (and, with
@@ -184,15 +193,17 @@ def open_timing_cache(config, path: Path | None, say: Callable[[str], None]):
     return cache
 
 
-def builder_config(parsed: ParsedNetwork, shapes: Mapping[str, Shapes], options: EngineOptions, timing_cache):
+def builder_config(parsed: ParsedNetwork, shapes: Mapping[str, Shapes], options: EngineOptions,
+                   timing_cache: trt.ITimingCache | None) -> trt.IBuilderConfig:
     """Config with one optimisation profile (``shapes``), level, workspace and the timing cache."""
-    trt = import_tensorrt()
+    import tensorrt as trt
+
     config = parsed.builder.create_builder_config()
     if config is None:
         raise EngineBuildError("TensorRT could not create a builder config; see its log")
     profile = parsed.builder.create_optimization_profile()
     for name, (lo, opt, hi) in shapes.items():
-        profile.set_shape(name, lo, opt, hi)  # the binding raises on inconsistent shapes
+        profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))  # raises if inconsistent
     if config.add_optimization_profile(profile) < 0:
         raise EngineBuildError(f"TensorRT rejected the optimisation profile {dict(shapes)}; see its log")
     config.builder_optimization_level = options.optimization_level
@@ -203,12 +214,12 @@ def builder_config(parsed: ParsedNetwork, shapes: Mapping[str, Shapes], options:
     return config
 
 
-def serialized_engine(parsed: ParsedNetwork, config, what: str) -> bytes:
+def serialized_engine(parsed: ParsedNetwork, config: trt.IBuilderConfig, what: str) -> bytes:
     blob = parsed.builder.build_serialized_network(parsed.network, config)
     if blob is None:
         raise EngineBuildError(f"TensorRT could not build {what} (its log above says why); "
                                "try a larger --workspace-gb or check the graph with python -m export.trt_check")
-    return bytes(blob)  # IHostMemory has the buffer protocol
+    return bytes(blob)  # type: ignore[call-overload]  # IHostMemory has the buffer protocol; its stub does not say so
 
 
 def write_bytes_atomic(data: bytes, path: Path) -> None:
@@ -221,8 +232,8 @@ def write_bytes_atomic(data: bytes, path: Path) -> None:
             tmp.unlink()
 
 
-def save_timing_cache(cache, path: Path) -> None:
-    write_bytes_atomic(bytes(cache.serialize()), path)
+def save_timing_cache(cache: trt.ITimingCache, path: Path) -> None:
+    write_bytes_atomic(bytes(cache.serialize()), path)  # type: ignore[call-overload]  # (as serialized_engine)
 
 
 # --- the whole build ---------------------------------------------------------------------------
@@ -245,7 +256,7 @@ def build_engines(artifact_dir: Path, manifest: Mapping[str, Any], precisions: S
     lacking = [p for p in precisions if not any(p in m.graphs[g]["files"] for g in m.graphs)]
     if lacking:
         raise ArtifactError(f"{root} has no {'/'.join(lacking)} graphs to build engines from; "
-                            f"re-export with python -m export.build --{lacking[0]}")
+                            f"re-export with {export_command(root, dict(manifest), precision=lacking[0])}")
     unknown = [g for g in m.graphs if g not in GRAPHS]
     if unknown:
         raise ArtifactError(f"{root} lists graphs {unknown} this toolkit has no spec for; use the matching version")

@@ -1,29 +1,11 @@
 """Precision in the graph: FP16 mixed precision and INT8 Q/DQ versions of the FP32 exports.
 
-TensorRT 11 has no ``BuilderFlag.FP16/INT8`` and no implicit INT8 calibrators: the precision of every
-tensor is written in the ONNX graph and the engine is built strongly typed. Two steps, each reading
-one FP32 ONNX file and writing one precision file, each testable alone (values until called):
-
-* :func:`convert_fp16` — ModelOpt AutoCast (``convert_to_mixed_precision``, low precision FP16,
-  FP32 inputs/outputs kept) with the nodes of the graph's :class:`KeepFp32` policy kept in FP32.
-  ``data_max=inf`` skips AutoCast's reference run, which marks every tensor as an output (48 s and
-  13 GB on the SAM2 encoder, NOTES.md): what stays FP32 is decided here, from measurement
-  (``python -m tools.bench.precision``), not by AutoCast's range heuristics.
-* :func:`quantize_int8` — ModelOpt ONNX PTQ: symmetric INT8 with per-channel weights, explicit
-  QuantizeLinear/DequantizeLinear pairs placed by ModelOpt's TensorRT-oriented rules (the inputs of
-  Conv/MatMul/Gemm and the fusible residual Adds; LayerNorm, Softmax and attention matmuls of long
-  sequences left alone), calibrated with entropy (falling back to max, loudly and on record, where
-  the histogram calibrator fails), then the FP16 step above on the Q/DQ graph so that everything
-  not quantized runs in FP16 under the same FP32 policy. The calibration inputs come from
-  :mod:`calibration.inputs`; those of SAM2's memory modules are recorded from the FP32 tracker
-  (:mod:`calibration.video`). Activation scales can be given instead of
-  calibrating (``scales``, from the cache in :mod:`calibration.cache`); the scales a calibration
-  produced are returned so that the caller can cache them.
-
-Parity of a precision graph is judged against the FP32 PyTorch module by cosine similarity per
-output (:data:`runtime.graphs.PRECISION_ACCEPTANCE`); for SAM2's decoders, before their discrete
-choices (every candidate), with flips counted apart and accepted at ties only (:func:`precision_parity`).
-The task-level IoU checks live in the tests and in ``tools.bench.precision``.
+:func:`convert_fp16` (ModelOpt AutoCast, the graph's :class:`KeepFp32` policy kept in FP32) and
+:func:`quantize_int8` (ModelOpt ONNX PTQ: explicit Q/DQ, per-channel weights, FP16 elsewhere) each read
+one FP32 ONNX file and write one precision file; :func:`write_precisions` runs them for an export and
+checks each against PyTorch by cosine per output, SAM2's decoders before their discrete choices (flips
+counted apart, accepted at ties only: :func:`precision_parity`). Why these choices: docs/ARCHITECTURE.md
+("Precision decisions").
 """
 
 from __future__ import annotations

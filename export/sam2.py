@@ -2,28 +2,9 @@
 
 ``Sam2Image`` runs once per image; ``Sam2Decoder`` turns all the boxes of an image into masks in one
 call. Together they compute exactly what ``Sam2Model(pixel_values=..., input_boxes=...,
-multimask_output=...)`` computes, split where the reference itself caches (``get_image_embeddings``).
-
-The decoder re-writes the glue of ``Sam2PromptEncoder._embed_boxes`` and ``Sam2MaskDecoder.forward``
-(not the layers: every weight-carrying submodule is called as is) so that the graph exports with
-dynamic batch and box counts and stays friendly to TensorRT's ONNX parser. Calling the reference
-modules directly does export (torch 2.14, dynamo), but into a graph that ONNX Runtime rejects as
-soon as batch > 1 and num_boxes > 1 ("invalid expand shape": the ONNX translation of
-``aten.repeat_interleave.self_int`` with a symbolic count is wrong), with 7 ScatterElements, 2 Tile,
-an ArgMax and a GatherElements. Here:
-
-* the in-place corner updates of ``_embed_boxes`` (ScatterElements) become an add and a concat;
-* ``repeat`` / ``repeat_interleave`` over the batch and the boxes (Tile with shape-derived repeats,
-  and the broken translation above) become ``expand`` + ``reshape``, the same memory layout;
-* the stability fallback's ``argmax`` + ``gather`` and ``where(... expand_as ...)`` become
-  comparisons and a chain of ``where`` over the (static) number of multimask outputs, with
-  broadcasting: no ArgMax, GatherElements or int64 tensor in the graph; mask areas are counted in
-  float32 (exact below 2**24 pixels) instead of int64;
-* the selection is two steps, ``decide`` then ``select``, on the candidates (every mask token's
-  logits and predicted IoU), which the graph computes under the spec's candidate names: parity
-  replays the steps to compare the graph before its choices (``export.parity.replay_choices``).
-
-Every rewrite is exact: it selects, adds or concatenates the same float32 values the reference does.
+multimask_output=...)`` computes; the reference's glue is rewritten (never its layers) to export with
+dynamic batch and box counts, and the single-mask selection runs as two steps, ``decide`` and
+``select``, on candidates that parity replays (docs/ARCHITECTURE.md, "Exporting SAM2").
 """
 
 from __future__ import annotations

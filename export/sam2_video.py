@@ -1,37 +1,13 @@
 """SAM2's video modules as exportable graphs: what ``Sam2VideoModel`` computes per tracked frame.
 
-``Sam2VideoModel`` (same checkpoint as the image graphs, loaded with its memory weights) tracks each
-object with a memory bank. Per frame and object it: conditions the frame's embedding on the bank
-(memory attention), decodes a mask without a prompt (multimask, best by IoU), projects the chosen
-mask token into an object pointer, and encodes the frame + mask into a new memory. An object's first
-frame is decoded from its box prompt instead, on the unconditioned embedding. The graphs:
-
 ``sam2_prompt_decoder``    ``Sam2Decoder`` (single mask) + the NO_OBJ_SCORE gate + the mask token
 ``sam2_track_decoder``     the mask decoder with no prompt: best of the multimask outputs
 ``sam2_object_pointer``    ``object_pointer_proj`` + the no-object pointer where the object is absent
 ``sam2_memory_encoder``    ``_encode_new_memory`` from the low-res mask: upsample, binarise or sigmoid…
 ``sam2_memory_attention``  ``_prepare_memory_conditioned_features`` from a bank of dynamic length
 
-The memory bank's bookkeeping (which frames, which temporal slots, pointer offsets) is the runtime's
-(``runtime.tracker``); the graphs take the bank as tensors. As in ``export.sam2``, the glue of the
-reference is re-written (never the layers: every weight-carrying submodule is called as is) so that
-the graphs export with dynamic object, memory and pointer counts and stay friendly to TensorRT:
-
-* input-independent tensors (the sine positional encodings of the frame and of the memories, the
-  axial RoPE tables, the image-wide positional embedding) are computed once at construction;
-* RoPE on memory keys broadcasts the frame's table over the memory frames instead of
-  ``cos.repeat(1, 1, repeat_factor, 1)`` with a shape-derived factor (a Tile feeding on shapes);
-* the temporal encoding of each memory frame is ``memory_slots @ table`` with a one-hot
-  ``memory_slots`` (exact: one product by 1.0, the rest by 0.0) instead of Python indexing by offset;
-* ``argmax`` + ``gather`` of the best multimask output become comparisons and ``where`` chains
-  (``export.sam2.pick``); no ArgMax, GatherElements, Tile or int64 tensor in the graphs;
-* objects are a batch dimension: the reference runs the memory attention and the decoder one object
-  at a time (batch 1), the graphs run ``num_objects`` objects in one call, each with its own bank.
-
-The graphs take ``sam2_image``'s ``image_embed``, which has the no-memory embedding added; the raw
-features that the memory modules use are recovered as ``image_embed - no_memory_embedding`` (equal
-to the reference's up to one rounding, ~1e-7 relative). The reference rounds memory features to
-bfloat16 when it stores them; ``memory_features`` is float32 and the runtime rounds it.
+The bank's bookkeeping is the runtime's (``runtime.tracker``). How the reference's glue is rewritten
+to export with dynamic object, memory and pointer counts: docs/ARCHITECTURE.md ("Exporting SAM2").
 """
 
 from __future__ import annotations

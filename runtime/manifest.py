@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,32 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def export_command(root: str | Path, data: dict[str, Any] | None = None, *, precision: str | None = None,
+                   video: bool | None = None) -> str:
+    """The ``python -m export.build`` command that (re)writes the engines folder ``root`` with every
+    flag it needs: the manifest's source models (placeholders when unknown: the hub defaults would
+    need the network), the precisions it has plus ``precision`` (INT8 with its ``--calib-dir``), and
+    ``--video`` when it has SAM2's video graphs or ``video``."""
+    from runtime.graphs import SAM2_VIDEO_GRAPHS
+
+    data = data or {}
+    sources = data.get("sources") or {}
+    owl = (sources.get("owl") or {}).get("model") or "ID|DIR"
+    sam = (sources.get("sam") or {}).get("model") or "ID|DIR"
+    graphs = data.get("graphs") or {}
+    have = {p for g in graphs.values() if isinstance(g, dict) for p in g.get("files", {})} | {precision}
+    if video is None:
+        video = any(g.name in graphs for g in SAM2_VIDEO_GRAPHS)
+    words = ["python -m export.build", "--owl-model", _quote(owl), "--sam-model", _quote(sam), "--out",
+             _quote(str(root)), "--fp32"]
+    words += ["--fp16"] * ("fp16" in have) + ["--int8 --calib-dir IMAGES"] * ("int8" in have) + ["--video"] * bool(video)
+    return " ".join(words)
+
+
+def _quote(text: str) -> str:
+    return text if text == "ID|DIR" else shlex.quote(text)
 
 
 def graph_file_name(graph: str, precision: str) -> str:
@@ -62,13 +89,13 @@ class Manifest:
         if graph not in self.graphs:
             raise ArtifactError(
                 f"{self.root} has no graph {graph!r} (it has {', '.join(sorted(self.graphs)) or 'none'}); "
-                "re-export with python -m export.build"
+                f"re-export with {export_command(self.root, self.data)}"
             )
         files = self.graphs[graph]["files"]
         if precision not in files:
             raise ArtifactError(
                 f"{self.root} has no {precision} {graph!r} graph (it has {', '.join(sorted(files))}); "
-                f"re-export with python -m export.build --{precision}"
+                f"re-export with {export_command(self.root, self.data, precision=precision)}"
             )
         entry = files[precision]
         if verify:
@@ -97,9 +124,9 @@ def load_manifest(root: str | Path) -> Manifest:
     root = Path(root)
     path = root / MANIFEST_NAME
     if not root.is_dir():
-        raise ArtifactError(f"engines directory {root} does not exist; build one with python -m export.build --out {root}")
+        raise ArtifactError(f"engines directory {root} does not exist; build one with {export_command(root)}")
     if not path.is_file():
-        raise ArtifactError(f"{root} has no {MANIFEST_NAME}: not an engines directory; build one with python -m export.build")
+        raise ArtifactError(f"{root} has no {MANIFEST_NAME}: not an engines directory; build one with {export_command(root)}")
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:

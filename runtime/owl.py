@@ -55,6 +55,14 @@ class OwlDetector:
         tokenizer = PromptTokenizer(manifest.root / TOKENIZER_DIR, manifest.sizes["owl_text_length"])
         return cls(open_graph(OWL_TEXT), open_graph(OWL_IMAGE), open_graph(OWL_HEAD), tokenizer, pre)
 
+    def prepare_streams(self) -> None:
+        """TensorRT: each graph's context and buffers for the stream it runs on, made now; pinned
+        host memory only for what the host writes or reads (the head's class embeddings, shifts and
+        scales come from the image tower on the device)."""
+        self.text.prepare()
+        self.image.prepare(self.stream, host_outputs=(_BOXES,))
+        self.head.prepare(host_inputs=(OWL_HEAD.input_names[-1],))
+
     def query_embeds(self, prompts: Sequence[str]) -> np.ndarray:
         key = tuple(prompts)
         if key in self._queries:

@@ -20,6 +20,14 @@ from runtime.preprocessing import Sam2Preprocessing, boxes_to_sam2_input, postpr
 from runtime.profiling import DECODER, MASK_POST, PREPROCESS, StageTimer
 
 
+_BOXES = SAM2_DECODER.input_names[-1]
+
+
+def box_bucket(n: int, max_boxes: int) -> int:
+    """The decoder call size for ``n`` boxes with CUDA graphs: the next power of two, at most ``max_boxes``."""
+    return min(1 << max(n - 1, 0).bit_length(), max_boxes)
+
+
 @dataclass
 class Masks:
     masks: np.ndarray  # (N, H, W) bool, H, W of the input image
@@ -45,6 +53,12 @@ class Sam2Segmenter:
         decoder = SAM2_DECODER_MULTIMASK if multimask else SAM2_DECODER
         max_boxes = int(manifest.data["profiles"][NUM_BOXES]["max"])
         return cls(open_graph(SAM2_IMAGE), open_graph(decoder), pre, max_boxes)
+
+    def prepare_streams(self) -> None:
+        """TensorRT: the encoder's context and buffers for its stream, made now (its features stay
+        on the device); the decoder's are made per box bucket (CUDA graphs) or here."""
+        self.image.prepare(self.stream, host_outputs=())
+        self.decoder.prepare(host_inputs=(_BOXES,))
 
     def image_features(self, images: Sequence[np.ndarray]) -> Mapping[str, Any]:
         """Encoder outputs for a batch of HxWx3 uint8 RGB images: arrays, or with ``stream`` set
@@ -74,11 +88,15 @@ class Sam2Segmenter:
                 return Masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros(0, np.float32))
             feats = [features[n][index : index + 1] for n in SAM2_IMAGE.output_names]
             chunks = []
+            buckets = bool(getattr(self.decoder, "cuda_graph", False))
             for start in range(0, len(boxes), self.max_boxes):
                 chunk = boxes[None, start : start + self.max_boxes]
+                n = chunk.shape[1]
+                if buckets:  # a CUDA graph per bucket replays: pad to a power of two (boxes decode independently)
+                    chunk = np.concatenate([chunk, np.repeat(chunk[:, -1:], box_bucket(n, self.max_boxes) - n, axis=1)], 1)
                 feeds = dict(zip(self.decoder.spec.input_names, (*feats, chunk), strict=True))
                 out = self.decoder.run(feeds)
-                chunks.append([out[n][0] for n in self.decoder.spec.output_names])
+                chunks.append([out[name][0][:n] for name in self.decoder.spec.output_names])
             logits, iou, obj = (np.concatenate(parts) for parts in zip(*chunks))
         with self.timer(MASK_POST):
             best = iou.argmax(axis=1)  # a single-mask decoder has one column: index 0

@@ -2,38 +2,10 @@
 
     python -m tools.tiny_checkpoints OUT [--seed N] [--force] [--shape NAME]
 
-writes (in about a second, after imports)::
-
-    OUT/owlv2/  config.json, model.safetensors   Owlv2ForObjectDetection, ~95k parameters
-                tokenizer.json, tokenizer_config.json   CLIP byte-level BPE, 855 tokens
-                processor_config.json             Owlv2Processor (fast image processor, 64x64)
-    OUT/sam2/   config.json, model.safetensors   Sam2VideoModel (model type "sam2_video"), ~1.2M
-                processor_config.json             Sam2Processor (64x64 images, 16x16 low-res masks)
-                video_preprocessor_config.json    so that Sam2VideoProcessor loads too
-
-``Owlv2ForObjectDetection``/``Owlv2Processor`` load from ``OUT/owlv2``; ``Sam2Model``,
-``Sam2VideoModel``, ``Sam2Processor`` and ``Sam2VideoProcessor`` from ``OUT/sam2`` (``Sam2Model`` skips
-the video-only memory weights, as it does for the hub's SAM2 checkpoints, after a warning that it is
-loading a ``sam2_video`` config); ``AutoProcessor`` gives ``Owlv2Processor`` and ``Sam2Processor``.
-Everything is written to a temporary sibling of OUT and renamed into place at the end. ``--shape``
-writes another member of :data:`FAMILY`, the checkpoint shapes the tests export (other image sizes,
-widths, depths; its processors left at transformers' defaults where a user's would be).
-
-Weights are a pure function of the seed (same seed, byte-identical ``model.safetensors``) and of
-order 1: Hugging Face's std-0.02 init gives SAM2 masks of about 1e-4, against which any parity check
-passes. ``reinitialise`` uses PyTorch's default initialisers, scaled to keep activations of order 1,
-plus order-1 values for embeddings, norms and special tokens. A seed's weights are the first of its
-draws whose outputs on a fixed probe image pass ``owl_output_problem``/``sam_output_problem``
-(scores on both sides of the 0.1 threshold, masks neither empty nor full and depending on the box,
-…), so tests built on any seed can rely on those properties.
-
-The tokenizer is a genuine byte-level CLIP BPE with a small vocabulary: the 256 byte symbols with and
-without ``</w>`` in CLIP's order (so every text tokenises, and ``"!"`` is id 0), merges learned from
-``TOKENIZER_WORDS`` (each of those words is one token), then ``<|startoftext|>`` and
-``<|endoftext|>`` as the two highest ids (OWLv2 pools the text at ``argmax(input_ids)``). The pad
-token is ``"!"`` as in OWLv2. ``tokenizer.json`` records neither padding nor truncation: a runtime that
-tokenises with the ``tokenizers`` library alone pads to ``OWL_MAX_TEXT_LENGTH`` with ``"!"``/0 and
-truncates to it; ``Owlv2Processor`` pads but truncates only when called with ``truncation=True``.
+writes ``OUT/owlv2`` (``Owlv2ForObjectDetection`` + ``Owlv2Processor``) and ``OUT/sam2`` (a ``Sam2VideoModel``
+that ``Sam2Model`` also loads, ``Sam2Processor``/``Sam2VideoProcessor``), weights of order 1 drawn per
+seed until the outputs pass fixed checks; ``--shape`` another member of :data:`FAMILY`, the checkpoint
+shapes the tests export. What is written and why: docs/ARCHITECTURE.md ("Tiny checkpoints").
 """
 
 from __future__ import annotations

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from runtime.backends.feeds import check_feeds
 from runtime.graphs import GraphSpec
 from runtime.manifest import Manifest
+
+
+__all__ = ["GraphRunner", "check_feeds", "close_graphs", "recording_opener", "onnxruntime_opener", "run_or_queue"]
 
 
 class GraphRunner(Protocol):
@@ -18,32 +24,40 @@ class GraphRunner(Protocol):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def check_feeds(spec: GraphSpec, feeds: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the missing and unexpected inputs when ``feeds`` are not
-    exactly the inputs of ``spec`` (every backend's ``run``/``enqueue`` checks this first)."""
-    names = spec.input_names
-    missing = [n for n in names if n not in feeds]
-    extra = [n for n in feeds if n not in names]
-    if missing or extra:
-        raise ValueError(f"{spec.name}: missing inputs {missing}, unexpected inputs {extra}")
+def call_all(steps: Iterable[Callable[[], object]], raise_first: bool = True) -> list[BaseException]:
+    """Call every step even when some fail (teardown frees all it can); raise the first failure
+    after the last step (or, with ``raise_first=False``, return the failures)."""
+    errors: list[BaseException] = []
+    for step in steps:
+        try:
+            step()
+        except BaseException as e:
+            errors.append(e)
+    if errors and raise_first:
+        raise errors[0]
+    return errors
+
+
+def close_after(close: Callable[[], object], exc: BaseException | None) -> None:
+    """``close()`` in ``__exit__``: when an exception is already on its way out, a failure to close
+    (often the same device fault) is logged instead of replacing it."""
+    if exc is None:
+        close()
+        return
+    for error in call_all([close], raise_first=False):
+        logging.getLogger(__name__).warning("closing after %s also failed: %s", type(exc).__name__,
+                                            " ".join(str(error).split()))
 
 
 def close_graphs(graphs: Iterable[Any]) -> None:
     """Close each graph that has ``close`` (TensorRT graphs; ONNX Runtime graphs have none), once
     each even if listed twice; all are closed before the first error is raised again."""
-    seen: set[int] = set()
-    error: BaseException | None = None
+    closers: dict[int, Callable[[], object]] = {}
     for graph in graphs:
         close = getattr(graph, "close", None)
-        if close is None or id(graph) in seen:
-            continue
-        seen.add(id(graph))
-        try:
-            close()
-        except BaseException as e:
-            error = error or e
-    if error is not None:
-        raise error
+        if close is not None:
+            closers.setdefault(id(graph), close)
+    call_all(closers.values())
 
 
 def recording_opener(open_graph: Callable[[GraphSpec], Any], opened: list) -> Callable[[GraphSpec], Any]:

@@ -1,5 +1,5 @@
 """A released SAM2 architecture through the FP32 export and TensorRT's parser check: SAM2.1-hiera-tiny
-at 1024 px (random weights, ``tools.bench.fullsize``), its ``sam2_image`` and ``sam2_decoder``.
+at 1024 px (random weights, ``tools.bench.common.random_sam``), its ``sam2_image`` and ``sam2_decoder``.
 
 The tiny checkpoints cannot show what only the real sizes do: the exporter folds a small positional
 embedding into a constant, but left Hiera's 7x7 -> 256x256 bicubic interpolation in the released
@@ -31,10 +31,10 @@ def export_and_check(out: str) -> dict:
     from export.trt_check import check_graph, errors
     from runtime.backends.onnxruntime import OrtGraph
     from runtime.graphs import BATCH, NUM_BOXES, SAM2_DECODER, SAM2_IMAGE
-    from tools.bench.fullsize import load
+    from tools.bench.common import random_sam
 
     torch.set_num_threads(2)
-    sam = load("sam", "hiera-tiny", None, seed=0)
+    sam = random_sam("hiera-tiny", seed=0)
     sizes = sam2_sizes(sam)
     graphs = {g.spec.name: g for g in sam2_graph_exports(sam, sizes)}
     result = {"sizes": sizes}

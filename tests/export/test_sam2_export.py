@@ -27,7 +27,7 @@ SEED = 0
 
 
 def tiny_sam2_config(image_size: int = IMAGE_SIZE, **decoder_overrides: Any):
-    """A ~120k-parameter ``Sam2Config`` (NOTES.md): Hiera hidden 8, four stages, FPN/decoder width 32.
+    """A ~120k-parameter ``Sam2Config``: Hiera hidden 8, four stages, FPN/decoder width 32.
 
     Constraints: backbone hidden = first stage dim; FPN, prompt-encoder and decoder widths equal and
     divisible by 8; prompt-encoder image / patch = the smallest feature map; a global-attention block

@@ -16,40 +16,26 @@ from runtime import Result
 from runtime.graphs import PRECISION_ACCEPTANCE
 from runtime.metrics import box_iou, mask_iou
 
-from _sam2_candidates import SAME_OBJECT_BOX_IOU, sam2_candidates, single_mask_accepted
+from _sam2_candidates import SAME_OBJECT_BOX_IOU, single_mask_accepted
 
 THRESHOLD = 0.1
 TEMPLATE = "a photo of {}"
 
 
 def reference_pipeline(owl_dir, sam_dir):
-    """``run(image, prompts, candidates=False)`` -> (boxes, scores, labels, masks); with ``candidates``
-    the last item is instead ``sam2_candidates``' dict: the same masks as "chosen", and what SAM2's
-    selection weighed."""
-    from transformers import Owlv2ForObjectDetection, Owlv2Processor, Sam2Model, Sam2Processor
+    """``run(image, prompts, candidates=False)`` -> (boxes, scores, labels, masks) of
+    ``export.reference.ReferencePipeline`` (FP32, CPU); with ``candidates`` the last item is instead
+    ``sam2_candidates``' dict: the same masks as "chosen", and what SAM2's selection weighed."""
+    from export.reference import ReferencePipeline
 
-    owl = Owlv2ForObjectDetection.from_pretrained(owl_dir).eval()
-    owl_processor = Owlv2Processor.from_pretrained(owl_dir)
-    sam = Sam2Model.from_pretrained(sam_dir).eval()
-    sam_processor = Sam2Processor.from_pretrained(sam_dir)
+    ref = ReferencePipeline.load(str(owl_dir), str(sam_dir))
 
     def run(image: np.ndarray, prompts: list[str], candidates: bool = False):
-        texts = [TEMPLATE.format(p) for p in prompts]
-        inputs = owl_processor(text=[texts], images=image, return_tensors="pt")
-        with torch.inference_mode():
-            outputs = owl(**inputs)
-        (det,) = owl_processor.post_process_grounded_object_detection(
-            outputs, threshold=THRESHOLD, target_sizes=[image.shape[:2]])
-        boxes, scores, labels = det["boxes"].numpy(), det["scores"].numpy(), det["labels"].numpy()
-        if len(boxes) == 0:
-            return boxes, scores, labels, np.zeros((0, *image.shape[:2]), bool)
-        if candidates:
-            return boxes, scores, labels, sam2_candidates(sam, sam_processor, image, boxes)
-        sam_inputs = sam_processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt")
-        with torch.inference_mode():
-            out = sam(**sam_inputs, multimask_output=False)
-        masks = sam_processor.post_process_masks(out.pred_masks, sam_inputs["original_sizes"])[0].numpy()[:, 0]
-        return boxes, scores, labels, masks
+        det = ref.detect(image, [TEMPLATE.format(p) for p in prompts], THRESHOLD)
+        if len(det.boxes) == 0:
+            return det.boxes, det.scores, det.labels, np.zeros((0, *image.shape[:2]), bool)
+        masks = ref.sam2_candidates(image, det.boxes)
+        return det.boxes, det.scores, det.labels, masks if candidates else masks["chosen"]
 
     return run
 

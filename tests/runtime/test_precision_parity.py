@@ -22,7 +22,8 @@ from runtime.preprocessing import preprocess_sam2
 from runtime.sam2 import Sam2Segmenter
 from runtime.metrics import box_iou, mask_iou
 
-from _sam2_candidates import IOU_TIE, SAME_OBJECT_BOX_IOU, sam2_candidates, single_mask_accepted
+from export.acceptance import IOU_TIE
+from _sam2_candidates import SAME_OBJECT_BOX_IOU, sam2_candidates, single_mask_accepted
 
 PROMPTS = ["a photo of a cat", "a photo of a dog", "a photo of a person", "a photo of a red car", "a photo of a bird"]
 THRESHOLD = 0.1

@@ -130,21 +130,6 @@ def test_missing_engine_names_the_fix(tmp_path):
         select_engine_record(manifest, "sam2_decoder", "fp16", TrtEnvironment("10.9.0.34", H100))
 
 
-def test_device_tensor_rows_are_pointer_offsets_without_a_copy():
-    """``features[i : i + 1]`` of a batch on the device: pure arithmetic on the pointer and shape."""
-    from runtime.backends.tensorrt import DeviceTensor
-
-    t = DeviceTensor(ptr=4096, shape=(3, 2, 5), dtype=np.dtype(np.float32), event=None, _binding=None, _generation=7)
-    row = t[1:2]
-    assert (row.ptr, row.shape, row.nbytes, row._generation) == (4096 + 40, (1, 2, 5), 40, 7)
-    assert (t[2:].ptr, t[2:].shape) == (4096 + 80, (1, 2, 5))
-    assert t[0:3].ptr == 4096 and t[0:3].nbytes == t.nbytes
-    with pytest.raises(ValueError, match="contiguous"):
-        t[::2]
-    with pytest.raises(TypeError, match="slice of its first dimension"):
-        t[1]
-
-
 def test_status_says_why_when_unavailable():
     ok, why = backend_status()
     assert isinstance(ok, bool) and why
@@ -205,11 +190,11 @@ def test_copies_across_two_streams_ordered_by_an_event():
     try:
         np.copyto(host_in.view(f32, data.shape), data)
         host_out.view(f32, data.shape)[:] = -1
-        memcpy_async(a.ptr, host_in.ptr, data.nbytes, "cudaMemcpyHostToDevice", s1)
+        memcpy_async(a.ptr, host_in.ptr, data.nbytes, "HostToDevice", s1)
         ev.record(s1)
         ev.wait_on(s2)  # s2's copy must see s1's upload
-        memcpy_async(b.ptr, a.ptr, data.nbytes, "cudaMemcpyDeviceToDevice", s2)
-        memcpy_async(host_out.ptr, b.ptr, data.nbytes, "cudaMemcpyDeviceToHost", s2)
+        memcpy_async(b.ptr, a.ptr, data.nbytes, "DeviceToDevice", s2)
+        memcpy_async(host_out.ptr, b.ptr, data.nbytes, "DeviceToHost", s2)
         s2.synchronize()
         np.testing.assert_array_equal(host_out.view(f32, data.shape), data)
     finally:
@@ -220,10 +205,7 @@ def test_copies_across_two_streams_ordered_by_an_event():
 @pytest.mark.gpu
 def test_cuda_graph_capture_and_replay_of_a_copy():
     require_cuda()
-    from cuda.bindings import runtime as cudart
-
-    from runtime.backends.tensorrt import (DeviceBuffer, PinnedBuffer, Stream, capture_graph, cuda_check,
-                                           memcpy_async)
+    from runtime.backends.tensorrt import DeviceBuffer, PinnedBuffer, Stream, capture_graph, memcpy_async
 
     n = 1024
     i64 = np.dtype(np.int64)
@@ -232,15 +214,15 @@ def test_cuda_graph_capture_and_replay_of_a_copy():
     dev = DeviceBuffer(n * 8)
 
     def copy_through_device() -> bool:
-        memcpy_async(dev.ptr, src.ptr, n * 8, "cudaMemcpyHostToDevice", s)
-        memcpy_async(dst.ptr, dev.ptr, n * 8, "cudaMemcpyDeviceToHost", s)
+        memcpy_async(dev.ptr, src.ptr, n * 8, "HostToDevice", s)
+        memcpy_async(dst.ptr, dev.ptr, n * 8, "DeviceToHost", s)
         return True
 
     graph = capture_graph(s, copy_through_device, "cannot capture")
     try:
         for k in range(3):  # the graph replays whatever the pinned source holds at launch time
             src.view(i64, (n,))[:] = np.arange(n) * (k + 1)
-            cuda_check(cudart.cudaGraphLaunch(graph, s.handle), "cudaGraphLaunch")
+            s.cuda.graph_launch(graph, s.handle)
             s.synchronize()
             np.testing.assert_array_equal(dst.view(i64, (n,)), np.arange(n) * (k + 1))
         with pytest.raises(UserError, match="refused on purpose"):
@@ -248,7 +230,7 @@ def test_cuda_graph_capture_and_replay_of_a_copy():
         copy_through_device()  # the stream is usable again after a refused capture
         s.synchronize()
     finally:
-        cuda_check(cudart.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy")
+        s.cuda.graph_exec_destroy(graph)
         for r in (dev, src, dst, s):
             r.close()
 
@@ -256,7 +238,8 @@ def test_cuda_graph_capture_and_replay_of_a_copy():
 @pytest.mark.gpu
 def test_failed_cuda_call_is_a_one_line_error():
     require_cuda()
-    from runtime.backends.tensorrt import CudaError, DeviceBuffer
+    from runtime.backends.cuda import CudaError
+    from runtime.backends.tensorrt import DeviceBuffer
 
     with pytest.raises(CudaError, match=r"cudaMalloc\(\d+\) failed: cudaErrorMemoryAllocation") as e:
         DeviceBuffer(1 << 60)
@@ -392,9 +375,10 @@ def test_cuda_graph_replay_matches(tiny_engines):
 
     m = load_manifest(tiny_engines)
     rec = select_engine_record(m, SAM2_DECODER.name, "fp32", tensorrt_environment())
-    with TrtGraph(tiny_engines / rec.file, SAM2_DECODER) as plain, \
-            TrtGraph(tiny_engines / rec.file, SAM2_DECODER, cuda_graph=True) as graphed:
-        for n_boxes, seed in ((2, 0), (2, 1), (2, 2), (5, 3), (5, 4)):  # capture, replay, re-capture
+    with TrtGraph.from_file(tiny_engines / rec.file, SAM2_DECODER) as plain, \
+            TrtGraph.from_file(tiny_engines / rec.file, SAM2_DECODER, cuda_graph=True) as graphed:
+        graphed.max_cuda_graphs = 2  # buckets 2, 5 and 1 below: one is evicted and captured again
+        for n_boxes, seed in ((2, 0), (2, 1), (5, 2), (2, 3), (1, 4), (5, 5), (5, 6), (1, 7)):
             feeds = feeds_for(SAM2_DECODER, m.sizes, {BATCH: 1, NUM_BOXES: n_boxes}, seed)
             want, got = plain.run(feeds), graphed.run(feeds)
             for n in SAM2_DECODER.output_names:
@@ -441,8 +425,9 @@ def test_pipeline_runs_on_two_streams_and_matches_onnxruntime(tiny_engines, make
         assert pipe.on_streams
         got = pipe.predict_batch(images, ["cat", "dog"], threshold=0.0, max_detections=4)
         assert pipe.owl.image._own_stream is None and pipe.sam.image._own_stream is None
-        assert set(pipe.sam.image._bindings) == {pipe.sam.stream.ptr}
-        assert set(pipe.owl.image._bindings) == {pipe.owl.stream.ptr}
+        assert set(pipe.sam.image._lanes) == {pipe.sam.stream.ptr}
+        assert set(pipe.owl.image._lanes) == {pipe.owl.stream.ptr}
+        assert pipe.sam.decoder.cuda_graph  # replayed per box bucket
         pipe.timer.synchronize = True  # exact stages for measuring: same results
         again = pipe.predict_batch(images, ["cat", "dog"], threshold=0.0, max_detections=4)
         assert all(np.array_equal(a.masks, g.masks) for a, g in zip(again, got, strict=True))
@@ -451,3 +436,93 @@ def test_pipeline_runs_on_two_streams_and_matches_onnxruntime(tiny_engines, make
         np.testing.assert_array_equal(g.labels, r.labels)
         assert np.all(np.diag(box_iou(r.boxes, g.boxes)) >= 0.99)
         assert np.all(mask_iou(r.masks, g.masks) >= 0.98)
+
+
+# --- on a GPU with TensorRT: the stream policy under load -------------------------------------------
+# Run these under compute-sanitizer to catch what the results may not show (races, use after free):
+#   compute-sanitizer --tool racecheck python -m pytest -q -m gpu tests/runtime/test_tensorrt_backend.py -k stress
+#   compute-sanitizer --tool memcheck  python -m pytest -q -m gpu tests/runtime/test_tensorrt_backend.py
+
+@pytest.mark.gpu
+def test_hand_off_stress_loop_matches_plain_runs(tiny_engines):
+    """Encoder outputs handed to the decoder on the device (row slices of a batch) while the encoder
+    is re-enqueued with the next batch at once: every decoder result equals a plain run's."""
+    from runtime.backends.tensorrt import Stream, close_streams, tensorrt_opener
+
+    m = load_manifest(tiny_engines)
+    open_trt = tensorrt_opener(m, "fp32")
+    enc, dec = open_trt(SAM2_IMAGE), open_trt(SAM2_DECODER)
+    s_enc, s_dec = Stream(), Stream()
+    try:
+        batches = [feeds_for(SAM2_IMAGE, m.sizes, {BATCH: 2}, seed) for seed in range(20)]
+        boxes = feeds_for(SAM2_DECODER, m.sizes, {BATCH: 1, NUM_BOXES: 3}, 99)["boxes"]
+        got = []
+        pending = enc.enqueue(batches[0], s_enc, host_outputs=())
+        for i in range(len(batches)):
+            rows = {n: pending.device(n)[i % 2 : i % 2 + 1] for n in SAM2_IMAGE.output_names}
+            decoded = dec.enqueue({**rows, "boxes": boxes}, s_dec)
+            if i + 1 < len(batches):  # overwrites the encoder's buffers once the decoder's copy is done
+                pending = enc.enqueue(batches[i + 1], s_enc, host_outputs=())
+            got.append(decoded.outputs())
+        for i, out in enumerate(got):
+            feats = enc.run(batches[i])
+            want = dec.run({**{n: feats[n][i % 2 : i % 2 + 1] for n in feats}, "boxes": boxes})
+            for n in want:
+                np.testing.assert_allclose(out[n], want[n], rtol=1e-5, atol=1e-6, err_msg=f"{n}, batch {i}")
+    finally:
+        close_streams([s_enc, s_dec])
+        for g in (enc, dec):
+            g.close()
+
+
+@pytest.mark.gpu
+def test_shapes_below_the_maxima_and_row_slices_match_onnxruntime(tiny_engines):
+    """Buffers are sized for the profile maxima; calls with fewer boxes, a smaller batch and row
+    slices of a batch on the device give ONNX Runtime's results."""
+    from runtime.backends import onnxruntime_opener
+    from runtime.backends.tensorrt import Stream, tensorrt_opener
+
+    m = load_manifest(tiny_engines)
+    open_trt, open_ort = tensorrt_opener(m, "fp32"), onnxruntime_opener(m, "fp32")
+    enc, dec = open_trt(SAM2_IMAGE), open_trt(SAM2_DECODER)
+    ort_enc, ort_dec = open_ort(SAM2_IMAGE), open_ort(SAM2_DECODER)
+    stream = Stream()
+    try:
+        max_batch, max_boxes = (int(m.data["profiles"][d]["max"]) for d in (BATCH, NUM_BOXES))
+        batch = min(3, max_batch)
+        feeds = feeds_for(SAM2_IMAGE, m.sizes, {BATCH: batch}, 11)
+        feats = enc.enqueue(feeds, stream, host_outputs=())
+        ref_feats = ort_enc.run(feeds)
+        for i in range(batch):
+            for n_boxes in sorted({1, max(1, max_boxes // 2), max_boxes}):
+                boxes = feeds_for(SAM2_DECODER, m.sizes, {BATCH: 1, NUM_BOXES: n_boxes}, 20 + i)["boxes"]
+                got = dec.enqueue({**{n: feats.device(n)[i : i + 1] for n in SAM2_IMAGE.output_names},
+                                   "boxes": boxes}, stream).outputs()
+                want = ort_dec.run({**{n: ref_feats[n][i : i + 1] for n in ref_feats}, "boxes": boxes})
+                for n in want:
+                    assert_close(f"{n}, image {i}, {n_boxes} boxes", want[n], got[n])
+    finally:
+        for g in (enc, dec):
+            g.close()
+        stream.close()
+
+
+@pytest.mark.gpu
+def test_staleness_rules_on_the_device(tiny_engines):
+    from runtime.backends.tensorrt import Stream, tensorrt_opener
+
+    m = load_manifest(tiny_engines)
+    enc = tensorrt_opener(m, "fp32")(SAM2_IMAGE)
+    s1, s2 = Stream(), Stream()
+    feeds = feeds_for(SAM2_IMAGE, m.sizes, {BATCH: 1}, 1)
+    first = enc.enqueue(feeds, s1)
+    other = enc.enqueue(feeds, s2)  # another stream: the first call's outputs stay valid
+    assert set(first.outputs()) == set(other.outputs()) == set(SAM2_IMAGE.output_names)
+    enc.enqueue(feeds, s1)
+    with pytest.raises(UserError, match="overwritten by a later call"):
+        first.device(SAM2_IMAGE.output_names[0])
+    enc.close()
+    with pytest.raises(UserError, match="was closed"):
+        other.outputs()
+    s1.close()
+    s2.close()
