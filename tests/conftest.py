@@ -206,7 +206,7 @@ def pytest_collection_modifyitems(session, config, items):
     by member, as pytest ordered them): by then the background exports are mostly done."""
     global _FAMILY_EXPORTS
     family = [item for item in items if "family_member" in getattr(item, "fixturenames", ())]
-    if not family:
+    if not family or config.option.collectonly:
         return
     items[:] = [item for item in items if "family_member" not in getattr(item, "fixturenames", ())] + family
     selected = dict.fromkeys(item.callspec.params["family_member"] for item in family)  # in test order
