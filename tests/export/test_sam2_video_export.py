@@ -283,3 +283,19 @@ def test_video_artifact_has_every_graph_with_parity_at_two_sizes(tiny_video_arti
     att = [r for r in rows if r["graph"] == "sam2_memory_attention"]
     assert {r["dims"]["num_memories"] for r in att} >= {1, 7} and {r["dims"]["num_pointers"] for r in att} >= {1, 16}
     assert m.sizes["sam_num_maskmem"] == 7 and m.data["profiles"]["num_memories"]["max"] == 7
+
+
+def test_memory_bank_ranges_are_the_checkpoints():
+    """A checkpoint with 3 memory frames and 8 pointers (the released ones: 7 and 16) is exported, checked
+    and profiled up to those: never a bank it cannot hold."""
+    from export.parity import parity_dim_sets
+    from export.sam2_video import video_ranges
+    from runtime.graphs import NUM_MEMORIES, NUM_POINTERS, SAM2_MEMORY_ATTENTION
+
+    ranges = video_ranges({"sam_num_maskmem": 3, "sam_max_object_pointers": 8})
+    assert (ranges[NUM_MEMORIES].max, ranges[NUM_MEMORIES].parity_sizes) == (3, (1, 3))
+    assert (ranges[NUM_POINTERS].max, ranges[NUM_POINTERS].parity_sizes) == (8, (1, 5, 8))
+    sets = parity_dim_sets(SAM2_MEMORY_ATTENTION, ranges)
+    assert {s[NUM_MEMORIES] for s in sets} == {1, 3} and max(s[NUM_POINTERS] for s in sets) == 8
+    released = video_ranges({"sam_num_maskmem": 7, "sam_max_object_pointers": 16})
+    assert released[NUM_MEMORIES] == DYNAMIC_DIMS[NUM_MEMORIES] and released[NUM_POINTERS] == DYNAMIC_DIMS[NUM_POINTERS]
