@@ -164,7 +164,7 @@ def test_global_rng_is_left_alone(tmp_path):
 
 
 def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
-    def broken(seed, log=None):
+    def broken(seed, log=None, shape=None):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(tc, "build_sam", broken)
