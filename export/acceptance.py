@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.graphs import PRECISION_ACCEPTANCE, PrecisionAcceptance
+from runtime.graphs import BEST_IOU, PRECISION_ACCEPTANCE, STABILITY, PrecisionAcceptance
 from runtime.metrics import box_iou, mask_iou
 
 #: FP32 graphs against FP32 PyTorch: only reassociation noise (the pipeline parity tests' thresholds).
@@ -25,9 +25,12 @@ THRESHOLD_BORDER = 0.01
 SAME_OBJECT_BOX_IOU = 0.5
 #: SAM2's single-mask output falls back to the best multimask output when its stability score (an area
 #: ratio of the low-res mask) is below a threshold; a score this many low-res pixels from it is a tie.
-TIE_PIXELS = 3
+#: The graph-level precision acceptance states these ties (the same for every precision).
+TIE_PIXELS = PRECISION_ACCEPTANCE["fp16"].flip_margins[STABILITY]
 #: Two multimask outputs whose predicted IoUs are this close are a tie for the best-of-three choice.
-IOU_TIE = 0.01
+IOU_TIE = PRECISION_ACCEPTANCE["fp16"].flip_margins[BEST_IOU]
+assert all((a.flip_margins[STABILITY], a.flip_margins[BEST_IOU]) == (TIE_PIXELS, IOU_TIE)
+           for a in PRECISION_ACCEPTANCE.values())
 
 
 def acceptance(precision: str) -> PrecisionAcceptance:

@@ -12,10 +12,10 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from export.graph_export import GraphExport, export_example_dims
+from export.graph_export import GraphExport, candidates_exposed, export_example_dims
 from runtime.backends.onnxruntime import OrtGraph
 from runtime.errors import UserError
-from runtime.graphs import DYNAMIC_DIMS, GraphSpec, Tolerance
+from runtime.graphs import DYNAMIC_DIMS, DimRange, GraphSpec, Tolerance
 
 
 class ParityError(UserError):
@@ -36,13 +36,13 @@ class OutputParity:
     problem: str = ""
 
 
-def parity_dim_sets(spec: GraphSpec) -> list[dict[str, int]]:
-    """The export's example size plus every dynamic dim at each of its parity sizes."""
+def parity_dim_sets(spec: GraphSpec, ranges: Mapping[str, DimRange] = DYNAMIC_DIMS) -> list[dict[str, int]]:
+    """The export's example size plus every dynamic dim at each of its parity sizes (of ``ranges``)."""
     dims = spec.dynamic_dims
-    longest = max((len(DYNAMIC_DIMS[d].parity_sizes) for d in dims), default=0)
-    sets = [export_example_dims(spec)]
+    longest = max((len(ranges[d].parity_sizes) for d in dims), default=0)
+    sets = [export_example_dims(spec, ranges)]
     for i in range(longest):
-        sizes = {d: DYNAMIC_DIMS[d].parity_sizes[min(i, len(DYNAMIC_DIMS[d].parity_sizes) - 1)] for d in dims}
+        sizes = {d: ranges[d].parity_sizes[min(i, len(ranges[d].parity_sizes) - 1)] for d in dims}
         if sizes not in sets:
             sets.append(sizes)
     return sets
@@ -81,24 +81,70 @@ def compare_output(graph: str, dims: Mapping[str, int], name: str, ref: np.ndarr
 
 def compare_outputs(spec: GraphSpec, dims: Mapping[str, int], ref: Mapping[str, np.ndarray],
                     got: Mapping[str, np.ndarray]) -> list[OutputParity]:
-    extra = sorted(set(got) - set(spec.output_names))
+    """Every output of ``spec`` and, where ``got`` has them (a parity copy), its candidates."""
+    view = spec.with_candidates() if any(t.name in got for t in spec.candidates) else spec
+    extra = sorted(set(got) - set(view.output_names))
     if extra:
         raise RuntimeError(f"{spec.name} produced outputs the spec does not declare: {extra}")
-    return [compare_output(spec.name, dims, t.name, ref[t.name], got.get(t.name), t.tolerance) for t in spec.outputs]
+    return [compare_output(spec.name, dims, t.name, ref[t.name], got.get(t.name), t.tolerance) for t in view.outputs]
+
+
+@dataclass
+class ChoiceFlip:
+    """A discrete choice (``runtime.graphs.CHOICES``) that a graph made otherwise than the reference
+    for one item (box or object), with the reference's margin and the largest margin accepted."""
+
+    graph: str
+    precision: str
+    inputs: str
+    dims: dict[str, int]
+    choice: str
+    item: list[int]
+    margin: float
+    max_margin: float
+    accepted: bool
+
+
+def replay_choices(graph: GraphExport, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]
+                   ) -> tuple[dict[str, np.ndarray], list[tuple[str, list[int], float]]]:
+    """The graph's choices replayed on the reference: the reference's outputs chosen from its own
+    candidates as the graph chose from its candidates (``got``), and the choices that differ, as
+    ``(choice, item, reference margin)``; only where the choice shapes the outputs on either side."""
+    import torch
+
+    rule = graph.choices
+    names = [t.name for t in graph.spec.with_candidates().outputs]
+    as_torch = lambda d: {n: torch.from_numpy(np.asarray(d[n], dtype=np.float32)) for n in names if n in d}  # noqa: E731
+    ref_t, got_t = as_torch(ref), as_torch(got)
+    with torch.inference_mode():
+        ref_picks, got_picks = rule.decide(ref_t), rule.decide(got_t)
+        margins = rule.margins(ref_t)
+        flips = []
+        for choice in graph.spec.choices:
+            if choice not in ref_picks:  # the checkpoint does not make it (e.g. no stability fallback)
+                continue
+            differs = (ref_picks[choice] != got_picks[choice]).any(dim=-1)
+            shaping = rule.applies(choice, ref_picks) | rule.applies(choice, got_picks)
+            for item in torch.nonzero(differs & shaping).tolist():
+                flips.append((choice, item, float(margins[choice][tuple(item)])))
+        chosen = {n: v.numpy() for n, v in rule.select(ref_t, got_picks).items()}
+    return chosen, flips
 
 
 def parity_runs(graph: GraphExport, seed: int = 0) -> Iterator[tuple[dict[str, int], dict[str, np.ndarray]]]:
     """The parity inputs of ``graph``: each of :func:`parity_dim_sets` with its feeds, drawn with seed
     ``seed + 1 + i`` (the export itself traces with ``seed``); made one at a time, when reached."""
-    for i, dims in enumerate(parity_dim_sets(graph.spec)):
+    for i, dims in enumerate(parity_dim_sets(graph.spec, graph.ranges)):
         yield dims, graph.make_inputs(dims, np.random.default_rng(seed + 1 + i))
 
 
 def check_export_parity(graph: GraphExport, onnx_path: Path, seed: int = 0) -> list[OutputParity]:
-    session = OrtGraph(onnx_path, graph.spec)
+    """Every output, and every candidate of the graph's discrete choices, against PyTorch."""
     rows: list[OutputParity] = []
-    for dims, feeds in parity_runs(graph, seed):
-        rows += compare_outputs(graph.spec, dims, graph.torch_outputs(feeds), session.run(feeds))
+    with candidates_exposed(onnx_path, graph.spec) as (path, view):
+        session = OrtGraph(path, view)
+        for dims, feeds in parity_runs(graph, seed):
+            rows += compare_outputs(graph.spec, dims, graph.torch_outputs(feeds), session.run(feeds))
     return rows
 
 

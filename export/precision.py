@@ -3,8 +3,9 @@
 :func:`convert_fp16` (ModelOpt AutoCast, the graph's :class:`KeepFp32` policy kept in FP32) and
 :func:`quantize_int8` (ModelOpt ONNX PTQ: explicit Q/DQ, per-channel weights, FP16 elsewhere) each read
 one FP32 ONNX file and write one precision file; :func:`write_precisions` runs them for an export and
-checks each against PyTorch by cosine per output. Why these choices: docs/ARCHITECTURE.md ("Precision
-decisions").
+checks each against PyTorch by cosine per output, SAM2's decoders before their discrete choices (flips
+counted apart, accepted at ties only: :func:`precision_parity`). Why these choices: docs/ARCHITECTURE.md
+("Precision decisions").
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import onnx
 
 from export import first_line
 from export.graph_export import EXTERNAL_DATA_BYTES, check_signature, onnx_files
+from export.parity import ChoiceFlip
 from runtime.errors import UserError
-from runtime.graphs import GraphSpec
+from runtime.graphs import GraphSpec, PrecisionAcceptance
 
 log = logging.getLogger(__name__)
 
@@ -605,19 +607,51 @@ def compare_precision(graph: str, precision: str, inputs: str, dims: Mapping[str
 
 
 def precision_parity(graph, path: Path, precision: str, runs: Sequence[tuple[str, Mapping[str, int], Mapping[str, np.ndarray]]],
-                     min_cosine: float) -> list[PrecisionParity]:
+                     acceptance: PrecisionAcceptance) -> tuple[list[PrecisionParity], list[ChoiceFlip]]:
     """``graph`` (an ``export.graph_export.GraphExport``) at ``path`` in ONNX Runtime against its
-    PyTorch module on each ``(inputs label, dims, feeds)`` of ``runs``; Q/DQ fusion off for INT8."""
+    PyTorch module on each ``(inputs label, dims, feeds)`` of ``runs``; Q/DQ fusion off for INT8.
+
+    A graph with discrete choices is judged before them: every candidate against the reference's,
+    and the chosen outputs against the reference's candidates chosen as the graph chose. Choices
+    that differ from the reference's are the flips returned, each accepted only where the
+    reference's margin is at most ``acceptance.flip_margins`` of its choice.
+    """
+    from export.graph_export import candidates_exposed
+    from export.parity import replay_choices
     from runtime.backends.onnxruntime import OrtGraph
 
-    session = OrtGraph(path, graph.spec, disable_qdq_fusion=precision == "int8")
-    rows = []
-    for label, dims, feeds in runs:
-        ref = graph.torch_outputs(feeds)
-        got = session.run(feeds)
-        rows += [compare_precision(graph.spec.name, precision, label, dims, t.name, ref[t.name], got.get(t.name), min_cosine)
-                 for t in graph.spec.outputs]
-    return rows
+    spec = graph.spec
+    rows, flips = [], []
+    with candidates_exposed(path, spec) as (exposed, view):
+        session = OrtGraph(exposed, view, disable_qdq_fusion=precision == "int8")
+        for label, dims, feeds in runs:
+            ref = graph.torch_outputs(feeds)
+            got = session.run(feeds)
+            if graph.choices is not None:
+                chosen, found = replay_choices(graph, ref, got)
+                ref = {**ref, **chosen}
+                for choice, item, margin in found:
+                    limit = float(acceptance.flip_margins.get(choice, 0.0))
+                    flips.append(ChoiceFlip(spec.name, precision, label, dict(dims), choice, item, margin, limit,
+                                            margin <= limit))
+            rows += [compare_precision(spec.name, precision, label, dims, t.name, ref[t.name], got.get(t.name),
+                                       acceptance.min_cosine) for t in view.outputs]
+    return rows, flips
+
+
+def rejected_flips(flips: Sequence[ChoiceFlip]) -> list[ChoiceFlip]:
+    return [f for f in flips if not f.accepted]
+
+
+def format_flips(flips: Sequence[ChoiceFlip]) -> str:
+    """One line per flip: graph, precision, inputs, the item, the choice and the reference's margin."""
+    lines = []
+    for f in flips:
+        dims = ",".join(f"{k}={v}" for k, v in f.dims.items()) or "-"
+        verdict = "accepted" if f.accepted else "REJECTED"
+        lines.append(f"{f.graph} {f.precision} {f.inputs} {dims} item {f.item}: {f.choice} flipped at reference "
+                     f"margin {f.margin:.4g} (at most {f.max_margin:g}): {verdict}")
+    return "\n".join(lines)
 
 
 def format_precision_table(rows: Sequence[PrecisionParity]) -> str:
@@ -648,6 +682,7 @@ class PrecisionOutcome:
     entries: dict[str, dict[str, dict[str, Any]]]
     rows: list[PrecisionParity]
     calibration: dict[str, Any] | None
+    flips: list[ChoiceFlip] = field(default_factory=list)
 
 
 def write_precisions(
@@ -685,6 +720,13 @@ def write_precisions(
         raise UserError("--int8 needs --calib-dir DIR (a folder of calibration images)")
     entries: dict[str, dict[str, dict[str, Any]]] = {g.spec.name: {} for g in graphs}
     rows: list[PrecisionParity] = []
+    flips: list[ChoiceFlip] = []
+
+    def parity(graph, path: Path, precision: str, runs) -> list[PrecisionParity]:
+        found_rows, found_flips = precision_parity(graph, path, precision, runs, PRECISION_ACCEPTANCE[precision])
+        rows.extend(found_rows)
+        flips.extend(found_flips)
+        return found_rows
     by_name = {g.spec.name: g for g in graphs}
 
     keep_fp16 = INT8_KEEP_FP16 if keep_fp16 is None else keep_fp16
@@ -722,12 +764,10 @@ def write_precisions(
         graph_rows: list[PrecisionParity] = []
         if "fp16" in precisions:
             entries[name]["fp16"] = entry
-            graph_rows = precision_parity(graph, result.files[0], "fp16", _random_runs(graph, seed),
-                                          PRECISION_ACCEPTANCE["fp16"].min_cosine)
-            rows += graph_rows
+            graph_rows = parity(graph, result.files[0], "fp16", _random_runs(graph, seed))
         say(f"[fp16 {i}/{len(need_fp16)}] {name}: {result.record['kept_fp32']['nodes']} of "
             f"{result.record['kept_fp32']['of']} nodes kept FP32, converted in {result.record['seconds']:.1f} s"
-            + (f", parity {_verdict(graph_rows)}" if graph_rows else ""))
+            + (f", parity {_verdict(graph_rows, flips, name, 'fp16')}" if graph_rows else ""))
 
     calibration_record = None
     if "int8" in precisions:
@@ -766,8 +806,8 @@ def write_precisions(
                         why = f"{e}: it stays FP16"
                         log.warning("%s", why)
                         entries[name]["int8"] = kept_fp16_entry(name, why)
-                        rows += precision_parity(graph, root / entries[name]["int8"]["files"][0]["path"], "int8",
-                                                 _calibration_runs(inputs, name), PRECISION_ACCEPTANCE["int8"].min_cosine)
+                        parity(graph, root / entries[name]["int8"]["files"][0]["path"], "int8",
+                               _calibration_runs(inputs, name))
                         say(f"[int8 {i}/{len(order)}] {name}: kept FP16 ({why})")
                         continue
                     cache_file = cache.store(name, key, result.scales, method=result.record["calibration_method"],
@@ -785,15 +825,15 @@ def write_precisions(
                 }
                 runs = _calibration_runs(inputs, name)
             path = root / entries[name]["int8"]["files"][0]["path"]
-            graph_rows = precision_parity(graph, path, "int8", runs, PRECISION_ACCEPTANCE["int8"].min_cosine) if runs else []
-            rows += graph_rows
+            graph_rows = parity(graph, path, "int8", runs) if runs else []
             what = f"kept FP16 ({why.split(':')[0]})" if why else (
                 f"{entries[name]['int8']['activation_quantizers']} activation quantizers, "
                 + ("cached ranges reused" if calibration_record['graphs'][name]['reused']
                    else f"{calibration_record['graphs'][name]['method']} calibration on {inputs.runs(name)} runs")
                 + f" in {calibration_record['graphs'][name]['seconds']:.1f} s")
-            say(f"[int8 {i}/{len(order)}] {name}: {what}" + (f", parity {_verdict(graph_rows)}" if graph_rows else ""))
-    return PrecisionOutcome(entries, rows, calibration_record)
+            say(f"[int8 {i}/{len(order)}] {name}: {what}"
+                + (f", parity {_verdict(graph_rows, flips, name, 'int8')}" if graph_rows else ""))
+    return PrecisionOutcome(entries, rows, calibration_record, flips)
 
 
 def _random_runs(graph, seed: int) -> list[tuple[str, dict[str, int], dict[str, np.ndarray]]]:
@@ -810,10 +850,13 @@ def _calibration_runs(inputs, name: str) -> list[tuple[str, dict[str, int], dict
     return [("calibration", _dims_of(GRAPHS[name], f), f) for f in feeds]
 
 
-def _verdict(rows: Sequence[PrecisionParity]) -> str:
-    bad = [r for r in rows if not r.passed]
+def _verdict(rows: Sequence[PrecisionParity], flips: Sequence[ChoiceFlip], graph: str, precision: str) -> str:
+    mine = [f for f in flips if f.graph == graph and f.precision == precision]
+    bad = [r for r in rows if not r.passed] or rejected_flips(mine)
     worst = min(r.cosine for r in rows)
-    return f"{'FAILED' if bad else 'PASSED'} (worst cosine {worst:.5f}, {len(rows)} checks)"
+    flipped = (f", {len(mine)} choice flip(s) at reference margins up to {max(f.margin for f in mine):.3g}"
+               if mine else "")
+    return f"{'FAILED' if bad else 'PASSED'} (worst cosine {worst:.5f}, {len(rows)} checks{flipped})"
 
 
 def precision_failures(rows: Sequence[PrecisionParity]) -> list[PrecisionParity]:

@@ -195,6 +195,7 @@ class Sam2Tracker:
         self.slots = int(sizes["sam_num_maskmem"])
         self.max_pointers = int(sizes["sam_max_object_pointers"])
         self.tokens, self.mem_dim, self.hidden = (int(sizes[k]) for k in ("sam_memory_tokens", "sam_memory_dim", "sam_embed_dim"))
+        self.mask_size = int(sizes["sam_mask_size"])  # the decoders' low-res masks: the model's, not the processor's
         if objects_per_call is not None and objects_per_call < 1:
             raise UserError(f"objects_per_call must be at least 1, got {objects_per_call}")
         self.objects_per_call = min(objects_per_call or max_objects_per_call, max_objects_per_call)
@@ -222,14 +223,19 @@ class Sam2Tracker:
         log.info("tracking %s", "on two CUDA streams (TensorRT graphs)" if self.on_streams else "with run() per graph")
         self.reset()
 
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner], **options) -> "Sam2Tracker":
+    @staticmethod
+    def check_video_graphs(manifest: Manifest) -> None:
+        """An ``ArtifactError`` saying how to re-export, unless ``manifest`` has every video graph."""
         missing = [g.name for g in SAM2_VIDEO_GRAPHS if g.name not in manifest.graphs]
         if missing:
             raise ArtifactError(
                 f"{manifest.root} has no video graphs ({', '.join(missing)}); re-export it with "
                 f"{export_command(manifest.root, manifest.data, video=True)} to track objects in videos"
             )
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner], **options) -> "Sam2Tracker":
+        cls.check_video_graphs(manifest)
         pre = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
         profiles = manifest.data["profiles"]
         graphs = {g.name: open_graph(g) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
@@ -245,6 +251,7 @@ class Sam2Tracker:
         tracker owns these graphs: :meth:`close` closes them."""
         from runtime.backends import onnxruntime_opener
 
+        cls.check_video_graphs(manifest)  # before anything reads the video graphs' sizes
         if backend == "onnxruntime":
             opener = open_graph or onnxruntime_opener(manifest, precision)
             if options.get("objects_per_call") is None:
@@ -348,7 +355,7 @@ class Sam2Tracker:
     def _track(self, t: int, feats: dict) -> dict[str, np.ndarray]:
         """Masks, scores and pointers of every existing object on frame t, by memory attention."""
         n = len(self.tracks)
-        h = self.preprocessing.mask_size
+        h = self.mask_size
         out = {"masks": np.empty((n, 1, h, h), np.float32), "scores": np.empty((n, 1), np.float32),
                "pointers": np.empty((n, self.hidden), np.float32)}
         for idx, bank in self._bank_chunks(t):

@@ -22,6 +22,7 @@ from runtime.preprocessing import preprocess_sam2
 from runtime.sam2 import Sam2Segmenter
 from runtime.metrics import box_iou, mask_iou
 
+from export.acceptance import IOU_TIE
 from _sam2_candidates import SAME_OBJECT_BOX_IOU, sam2_candidates, single_mask_accepted
 
 PROMPTS = ["a photo of a cat", "a photo of a dog", "a photo of a person", "a photo of a red car", "a photo of a bird"]
@@ -29,8 +30,6 @@ THRESHOLD = 0.1
 # detections whose reference score is this close to the threshold may fall on either side of it
 BORDER = 0.01
 IMAGES = [((480, 640), 11), ((640, 480), 12), ((333, 500), 13)]
-# predicted IoUs of two multimask outputs this close are a tie for the best-of-three choice
-IOU_TIE = 0.01
 
 
 @pytest.fixture(scope="module")

@@ -355,6 +355,20 @@ def test_configs_are_read_from_the_processor_not_assumed():
     assert (sam.image_size, sam.mask_size, sam.coord_size) == (512, 128, 512)
 
 
+def test_the_processors_mask_size_gives_way_to_the_models(caplog):
+    """A processor left at its default mask_size (256) on a model whose low-res masks are 16x16: the
+    processor's value only resizes mask prompts, so it is ignored, with the reason logged."""
+    processor = Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": 64, "width": 64}))
+    with caplog.at_level("WARNING", logger="export.preprocessing"):
+        sam = sam2_preprocessing_from_processor(processor, mask_size=16)
+    assert (sam.image_size, sam.mask_size, sam.coord_size) == (64, 16, 64)
+    assert "ignoring the processor's mask_size 256" in caplog.text and "16x16 (from the model)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="export.preprocessing"):
+        assert sam2_preprocessing_from_processor(processor, mask_size=256).mask_size == 256
+    assert caplog.text == ""
+
+
 def test_processor_configs_the_runtime_cannot_follow_are_refused():
     with pytest.raises(UserError):  # no tokenizer: no text length
         owl_preprocessing_from_processor(Owlv2ImageProcessor())

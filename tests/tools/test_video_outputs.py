@@ -216,6 +216,21 @@ def test_truncated_video_keeps_the_frames_before_the_break(tiny_video_artifact, 
     assert count_frames(out / "video" / "binary" / "merged_mask.mp4")[0] == 4
 
 
+def test_video_with_an_artifact_exported_without_video_is_one_line(tiny_artifact, tmp_path, run_module, one_error_line):
+    """tools.infer on a video and Pipeline.track with a --video-less artifact: the re-export hint, no KeyError."""
+    from runtime.errors import ArtifactError
+    from runtime.pipeline import Pipeline
+
+    clip = write_clip(tmp_path / "clip.mp4", MovingShapes(3, 64, 80, num_shapes=1, seed=3))
+    r = run_module("tools.infer", "--engines", tiny_artifact, "--input", clip, "--prompt", "cat", "--output",
+                   tmp_path / "out", "--backend", "onnxruntime", check=None)
+    line = one_error_line(r, "no video graphs", "re-export it with python -m export.build ")
+    assert line.split(" to track objects")[0].endswith("--video"), line
+    with Pipeline.load(tiny_artifact, backend="onnxruntime") as pipe:
+        with pytest.raises(ArtifactError, match="re-export it with python -m export.build .* --video to track"):
+            next(pipe.track(clip, boxes=np.array([[5, 5, 40, 40]], np.float32)))
+
+
 def test_pipeline_track_yields_one_result_per_frame(tiny_video_artifact):
     from runtime.pipeline import Pipeline
 

@@ -2,7 +2,8 @@
 
     python -m tools.bench.precision checkpoints OUT [--seed N] [--owl-arch owlv2-b16|tiny] [--sam-arch hiera-small|...]
         writes full-size random-weight OWLv2-B/16 (960 px) and SAM2.1-hiera-small checkpoints
-        (Hugging Face format, the tiny checkpoints' real CLIP BPE tokenizer) to OUT/owlv2, OUT/sam2
+        (Hugging Face format, the tiny checkpoints' real CLIP BPE tokenizer; SAM2 with its video
+        modules, as the released one) to OUT/owlv2, OUT/sam2
     python -m tools.bench.precision parity --engines DIR --owl-model DIR --sam-model DIR
                                              [--images N] [--json FILE]
         task-level parity of every precision in DIR against the FP32 PyTorch pipeline
@@ -33,7 +34,7 @@ from runtime.errors import OneLineArgumentParser, run_cli, whole_number
 from runtime.manifest import PRECISIONS
 from runtime.metrics import mask_iou
 from tools.bench.common import (OWL_ARCHES, OWL_B16, SAM_ARCHES, checkpoint_biases, median_ms, parameters_m,
-                                random_owl, random_sam, write_json)
+                                random_owl, random_sam, sam2_config, sam2_processor, write_json)
 from tools.bench.synthetic import synthetic_image
 
 def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print, owl_arch: str = OWL_B16,
@@ -43,14 +44,18 @@ def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print, owl_arch: st
     from tools.tiny_checkpoints import build_tokenizer
 
     out = Path(out)
+    # SAM2 as a sam2_video checkpoint, as facebook/sam2.1-hiera-small is: Sam2Model loads its image
+    # weights, Sam2VideoModel (export.build --video) also its memory modules
     makers = (("owlv2", lambda: random_owl(owl_arch, seed, tokenizer=build_tokenizer())),
-              ("sam2", lambda: random_sam(sam_arch, seed)))
+              ("sam2", lambda: random_sam(sam_arch, seed, video=True)))
     for name, make in makers:  # one model in memory at a time
         loaded = make()
         checkpoint_biases(loaded.model)
         log(f"writing {out / name} ({parameters_m(loaded.model):.0f} M parameters)")
         loaded.model.save_pretrained(out / name)
         loaded.processor.save_pretrained(out / name)
+        if name == "sam2":  # so that Sam2VideoProcessor loads too
+            sam2_processor(sam2_config(sam_arch), video=True).video_processor.save_pretrained(out / name)
         del loaded
     return out / "owlv2", out / "sam2"
 
@@ -119,7 +124,8 @@ def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
     write_json(out / MANIFEST_NAME, data)
     parity = json.loads((out / PARITY_NAME).read_text())
     for p in ("fp16", "int8"):
-        parity[p] = {"rows": [r.__dict__ for r in outcome.rows if r.precision == p]}
+        parity[p] = {"rows": [r.__dict__ for r in outcome.rows if r.precision == p],
+                     "flips": [f.__dict__ for f in outcome.flips if f.precision == p]}
     write_json(out / PARITY_NAME, parity)
     print(format_precision_table(outcome.rows))
     timings = {name: {p: {k: e.get(k) for k in ("seconds", "calibration_seconds", "calibration_method",
