@@ -1,6 +1,6 @@
 """Graphs perturbed by a stated amount, for the negative tests of the parity gates.
 
-``perturb_outputs`` rewrites chosen outputs of an ONNX graph as ``y * (scale + wobble * sin(1000 y)) + offset``:
+``perturb_outputs`` rewrites chosen outputs (or inner tensors, such as a decoder's candidates) of an ONNX graph as ``y * (scale + wobble * sin(1000 y)) + offset``:
 ``scale`` is a relative error that leaves the cosine at 1, ``offset`` an absolute one, and ``wobble`` a
 multiplicative noise nearly uncorrelated with ``y`` that brings the cosine of a large output down to about
 ``1 / sqrt(1 + wobble**2 / 2)`` (0.9975 for 0.1, 0.94 for 0.5).
@@ -21,7 +21,7 @@ def perturb_outputs(src: Path, dst: Path, outputs: Iterable[str], *, scale: floa
     model = onnx.load(str(src))
     graph = model.graph
     for name in outputs:
-        assert name in [o.name for o in graph.output], name
+        assert name in {o for node in graph.node for o in node.output}, name  # an output or a candidate
         raw = f"{name}__unperturbed"
         for node in graph.node:  # the producer and any consumer now use the raw tensor
             node.output[:] = [raw if o == name else o for o in node.output]

@@ -59,12 +59,13 @@ def test_every_output_tolerance_refuses_the_stated_errors(graph):
 
 @pytest.mark.parametrize("graph", IMAGE_GRAPHS)
 def test_export_parity_refuses_a_graph_off_by_the_stated_errors(exports, tiny_artifact, tmp_path, graph):
-    """Every output scaled by 1.01, then shifted by 0.01: every row of the parity check fails."""
-    spec = GRAPHS[graph]
+    """Every output (and a decoder's candidates before its choices) scaled by 1.01, then shifted by 0.01:
+    every row of the parity check fails."""
+    names = GRAPHS[graph].with_candidates().output_names
     for kind, kw in (("relative", dict(scale=1 + RELATIVE_ERROR)), ("absolute", dict(offset=ABSOLUTE_ERROR))):
-        path = perturb_outputs(tiny_artifact / f"{graph}.onnx", tmp_path / f"{kind}.onnx", spec.output_names, **kw)
+        path = perturb_outputs(tiny_artifact / f"{graph}.onnx", tmp_path / f"{kind}.onnx", names, **kw)
         rows = check_export_parity(exports[graph], path)
-        assert {r.output for r in rows} == set(spec.output_names)
+        assert {r.output for r in rows} == set(names)
         assert all(not r.passed and r.problem == OUTSIDE for r in rows), [(r.output, r.dims, r.problem) for r in rows]
 
 
@@ -103,7 +104,8 @@ def test_precision_gate_refuses_a_graph_below_its_cosine(exports, tiny_artifact,
 
     graph, victim = exports[OWL_IMAGE.name], OWL_IMAGE.output_names[0]
     path = perturb_outputs(tiny_artifact / "owl_image.onnx", tmp_path / "wobbled.onnx", [victim], wobble=WOBBLE[precision])
-    rows = precision_parity(graph, path, precision, _random_runs(graph, 0), PRECISION_ACCEPTANCE[precision].min_cosine)
+    rows, flips = precision_parity(graph, path, precision, _random_runs(graph, 0), PRECISION_ACCEPTANCE[precision])
+    assert flips == []  # owl_image makes no discrete choice
     bad = [r for r in rows if r.output == victim]
     assert bad and all(not r.passed and r.problem.startswith("cosine") for r in bad), bad
     assert all(r.passed for r in rows if r.output != victim)
