@@ -148,7 +148,9 @@ def compare_detections(ref, got, top_k: int = 5) -> dict[str, Any]:
 class ChoiceRule:
     """One of SAM2's discrete mask choices, as ``export.reference.sam2_candidates`` describes it: the
     candidate the reference chose, the one a perturbation can flip to, the reference's margin to the
-    decision boundary, and the margin up to which a flip is accepted (a tie, not a broken graph)."""
+    decision boundary, and the margin up to which a flip is accepted (a tie, not a broken graph).
+    ``nested`` is a choice made on one branch of this one (``on_nested_branch``: where the reference
+    took that branch): it can flip at its own tie where the branch is taken, or reached by a flip."""
 
     name: str
     chosen: str
@@ -156,16 +158,20 @@ class ChoiceRule:
     margin: str
     epsilon: float
     unit: str
+    nested: "ChoiceRule | None" = None
+    on_nested_branch: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
 
 
-#: The single-mask decoder: SAM2's stability fallback to the best multimask output.
-STABILITY_FALLBACK = ChoiceRule(
-    "stability fallback", "chosen",
-    lambda ref: np.where(ref["picked_single"][:, None, None], ref["multi"], ref["single"]),
-    "margin_pixels", TIE_PIXELS, "low-res pixels")
 #: The multimask decoder: the best of three by predicted IoU.
 BEST_OF_THREE = ChoiceRule("best of three", "multi", lambda ref: ref["multi_second"], "multi_margin", IOU_TIE,
                            "predicted IoU")
+#: The single-mask decoder: SAM2's stability fallback to the best multimask output, which is itself
+#: a best-of-three choice.
+STABILITY_FALLBACK = ChoiceRule(
+    "stability fallback", "chosen",
+    lambda ref: np.where(ref["picked_single"][:, None, None], ref["multi"], ref["single"]),
+    "margin_pixels", TIE_PIXELS, "low-res pixels",
+    nested=BEST_OF_THREE, on_nested_branch=lambda ref: ~np.asarray(ref["picked_single"], bool))
 
 
 def choice_rule(multimask: bool) -> ChoiceRule:
@@ -175,32 +181,44 @@ def choice_rule(multimask: bool) -> ChoiceRule:
 @dataclass
 class MaskCheck:
     iou: np.ndarray  # with the reference's choice
-    other_iou: np.ndarray  # with the reference's other candidate
-    margin: np.ndarray  # the reference's margin to the choice's boundary
-    flipped: np.ndarray  # matches the other candidate instead of the choice
+    other_iou: np.ndarray  # with the candidate a flip leads to (of the flips possible, the closest)
+    margin: np.ndarray  # the reference's margin to that flip's boundary
+    flipped: np.ndarray  # matches that candidate instead of the choice
     accepted: np.ndarray
     rule: ChoiceRule = field(repr=False)
+    choice: np.ndarray = field(repr=False, default=None)  # the name of the choice that flipped, per mask
 
     @property
     def passed(self) -> bool:
         return bool(self.accepted.all())
 
     def flips(self) -> list[dict[str, Any]]:
-        """Each choice that flipped: which mask, the reference's margin, whether that is a tie."""
-        return [{"mask": int(i), "margin": float(self.margin[i]), "accepted": bool(self.accepted[i])}
-                for i in np.flatnonzero(self.flipped)]
+        """Each choice that flipped: which mask, which choice, the reference's margin, whether that is a tie."""
+        return [{"mask": int(i), "choice": str(self.choice[i]), "margin": float(self.margin[i]),
+                 "accepted": bool(self.accepted[i])} for i in np.flatnonzero(self.flipped)]
 
 
 def check_masks(got: np.ndarray, ref: dict[str, np.ndarray], min_iou: float, rule: ChoiceRule) -> MaskCheck:
     """``got`` (N, H, W) bool against the reference's candidates ``ref`` (rows in the same order): a mask
     passes with IoU >= ``min_iou`` with the reference's choice, or, where the reference's margin is at
-    most ``rule.epsilon``, with its other candidate (a flip of a tie)."""
+    most ``rule.epsilon``, with its other candidate (a flip of a tie); likewise for ``rule.nested`` on
+    its branch, where the reference took that branch or was at a tie of ``rule``."""
     iou = mask_iou(got, ref[rule.chosen])
     other = mask_iou(got, rule.other(ref))
     margin = np.asarray(ref[rule.margin], np.float64)
+    epsilon = np.full(len(iou), rule.epsilon)
+    choice = np.full(len(iou), rule.name, dtype=object)
+    if rule.nested is not None:  # of the two flips, the one that explains the mask: a tie if either is
+        n = rule.nested
+        reached = rule.on_nested_branch(ref) | (margin <= rule.epsilon)
+        n_other, n_margin = np.where(reached, mask_iou(got, n.other(ref)), 0.0), np.asarray(ref[n.margin], np.float64)
+        tie, n_tie = (other >= min_iou) & (margin <= epsilon), (n_other >= min_iou) & (n_margin <= n.epsilon)
+        use = (n_tie & ~tie) | ((n_tie == tie) & (n_other > other))
+        other, margin = np.where(use, n_other, other), np.where(use, n_margin, margin)
+        epsilon, choice = np.where(use, n.epsilon, epsilon), np.where(use, n.name, choice)
     flipped = (iou < min_iou) & (other >= min_iou)
-    accepted = (iou >= min_iou) | (flipped & (margin <= rule.epsilon))
-    return MaskCheck(iou, other, margin, flipped, accepted, rule)
+    accepted = (iou >= min_iou) | (flipped & (margin <= epsilon))
+    return MaskCheck(iou, other, margin, flipped, accepted, rule, choice)
 
 
 def single_mask_accepted(got: np.ndarray, ref: dict[str, np.ndarray], min_iou: float):

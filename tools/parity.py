@@ -101,7 +101,8 @@ def check_precision(pipe, images, refs, prompts: list[str], threshold: float, mu
     stages["pipeline"] = {**_detection_summary([m for m, _ in pipe_rows]), **_mask_summary(masks)}
     stages["pipeline"]["passed"] = all(m.passed for m, _ in pipe_rows) and all(c.passed for c in masks)
     return {"acceptance": {**acc.__dict__, "max_score_error": max_err, "threshold_border": border,
-                           "choice": {"rule": rule.name, "epsilon": rule.epsilon, "unit": rule.unit}},
+                           "choices": [{"rule": r.name, "epsilon": r.epsilon, "unit": r.unit}
+                                       for r in (rule, rule.nested) if r is not None]},
             "stages": stages, "passed": all(s["passed"] for s in stages.values())}
 
 
@@ -127,7 +128,7 @@ def _mask_summary(checks) -> dict[str, Any]:
             "mean_mask_iou": float(best.mean()) if len(best) else None,
             "min_mask_iou_with_choice": float(iou.min()) if len(iou) else None,
             "flips": len(flips), "flips_accepted": sum(f["accepted"] for f in flips),
-            "flip_margins": [f["margin"] for f in flips],
+            "flip_margins": [{"choice": f["choice"], "margin": f["margin"]} for f in flips],
             "passed": all(c.passed for c in checks)}
 
 
@@ -151,15 +152,15 @@ def table(results: dict[str, Any]) -> str:
                 f"{d['extra']} extra ({d['at_threshold']} at the threshold); box IoU (min) {_value(d['min_box_iou'])}{err} "
                 f"| {d['rule']}" + (f", score error <= {a['max_score_error']}" if a["max_score_error"] else "")
                 + f" | {verdict(d) if stage == 'detection' else ''} |")
-        choice = a["choice"]
+        rules = {c["rule"]: c for c in a["choices"]}
+        ties = "; ".join(f"{c['rule']} at margin <= {c['epsilon']} {c['unit']}" for c in a["choices"])
         for stage in ("segmentation", "pipeline"):
             m = s[stage]
-            margins = ", ".join(f"{v:.3g}" for v in m["flip_margins"])
+            margins = ", ".join(f"{f['choice']} {f['margin']:.3g} {rules[f['choice']]['unit']}" for f in m["flip_margins"])
             lines.append(
                 f"| {precision} | {stage}: masks | {m['masks']} masks, IoU (min / mean) {_value(m['min_mask_iou'])} / "
-                f"{_value(m['mean_mask_iou'])}; {m['flips']} {choice['rule']} flips"
-                + (f" (margins {margins} {choice['unit']})" if margins else "")
-                + f" | IoU >= {a['min_mask_iou']}; a flip only at margin <= {choice['epsilon']} {choice['unit']} "
+                f"{_value(m['mean_mask_iou'])}; {m['flips']} flips" + (f" ({margins})" if margins else "")
+                + f" | IoU >= {a['min_mask_iou']}; a flip only at a tie: {ties} "
                 f"| {verdict(m) if stage == 'segmentation' else verdict(s['pipeline'])} |")
     return "\n".join(lines)
 

@@ -70,7 +70,7 @@ def masks(*rows: str) -> np.ndarray:
     return np.array([[c == "1" for c in r] for r in rows]).reshape(len(rows), 4, 4)
 
 
-A, B = "1111111100000000", "0000000011111111"
+A, B, C = "1111111100000000", "0000000011111111", "1100110011001100"
 
 
 @pytest.fixture
@@ -85,11 +85,31 @@ def test_a_flip_is_accepted_only_where_the_reference_was_at_a_tie(candidates):
     got = masks(B, B)  # both flipped to the other candidate
     c = check_masks(got, candidates, 0.9, STABILITY_FALLBACK)
     assert c.flipped.tolist() == [True, True] and c.accepted.tolist() == [True, False] and not c.passed
-    assert c.flips() == [{"mask": 0, "margin": 0.5, "accepted": True}, {"mask": 1, "margin": 40.0, "accepted": False}]
+    assert c.flips() == [{"mask": 0, "choice": "stability fallback", "margin": 0.5, "accepted": True},
+                         {"mask": 1, "choice": "stability fallback", "margin": 40.0, "accepted": False}]
     ok, iou, other = single_mask_accepted(got, candidates, 0.9)
     assert ok.tolist() == [True, False] and iou.tolist() == [0.0, 0.0] and other.tolist() == [1.0, 1.0]
     c = check_masks(masks(A, A), candidates, 0.9, STABILITY_FALLBACK)
     assert c.passed and not c.flipped.any() and c.flips() == []
+
+
+def test_the_fallbacks_own_best_of_three_may_flip_at_its_tie(candidates):
+    """The fallback is the best multimask output, a choice of its own: where the reference took the
+    fallback (or was at a stability tie), a mask equal to the second best multimask output is a flip of
+    that choice, accepted only at a predicted-IoU tie."""
+    fallback = {**candidates, "chosen": masks(B, B), "single": masks(C, C), "picked_single": np.array([False, False]),
+                "margin_pixels": np.array([40.0, 40.0]), "multi_second": masks(A, A)}
+    c = check_masks(masks(A, A), fallback, 0.9, STABILITY_FALLBACK)  # mask 0 at an IoU tie (0.002), mask 1 not (0.3)
+    assert c.flipped.tolist() == [True, True] and c.accepted.tolist() == [True, False]
+    assert [(f["choice"], f["margin"]) for f in c.flips()] == [("best of three", 0.002), ("best of three", 0.3)]
+    # the single mask chosen at a stability tie (mask 0): the fallback's second best is reachable, its tie accepted
+    double = {**candidates, "multi_second": masks(B, A)}
+    c = check_masks(masks(B, A), double, 0.9, STABILITY_FALLBACK)
+    assert c.accepted.tolist() == [True, True] and c.flipped.tolist() == [True, False]
+    # not reachable without a stability tie or the fallback taken: mask 1 (margin 40) chose the single mask
+    c = check_masks(masks(A, B), {**double, "multi_margin": np.array([0.002, 0.002]), "multi": masks(A, A)}, 0.9,
+                    STABILITY_FALLBACK)
+    assert c.accepted.tolist() == [True, False]
 
 
 def test_best_of_three_compares_with_the_second_best(candidates):

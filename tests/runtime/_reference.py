@@ -16,7 +16,7 @@ from runtime import Result
 from runtime.graphs import PRECISION_ACCEPTANCE
 from runtime.metrics import box_iou, mask_iou
 
-from _sam2_candidates import SAME_OBJECT_BOX_IOU, single_mask_accepted
+from export.acceptance import SAME_OBJECT_BOX_IOU, STABILITY_FALLBACK, check_masks
 
 THRESHOLD = 0.1
 TEMPLATE = "a photo of {}"
@@ -64,7 +64,7 @@ def assert_within_acceptance(got: Result, ref, precision: str) -> None:
     """Reduced precision by ``PRECISION_ACCEPTANCE``: FP16 detections matched one to one (box IoU,
     label), INT8 the top-k labels (each of the reference's k best detections has a detection on the
     same object, box IoU >= SAME_OBJECT_BOX_IOU, with its label); masks the reference's choice or, at
-    a stability tie, its other candidate (``single_mask_accepted``). ``ref`` is ``run(...,
+    a tie, the candidate that choice flips to (``export.acceptance.check_masks``). ``ref`` is ``run(...,
     candidates=True)``'s."""
     acc = PRECISION_ACCEPTANCE[precision]
     ref_boxes, ref_scores, ref_labels, ref = ref
@@ -87,11 +87,10 @@ def assert_within_acceptance(got: Result, ref, precision: str) -> None:
         np.testing.assert_array_equal(got.labels[partner], ref_labels[ref_top])
         ref_rows, got_rows = ref_top, partner
     ref = {name: v[ref_rows] for name, v in ref.items()}
-    ok, iou, other = single_mask_accepted(got.masks[got_rows], ref, acc.min_mask_iou)
-    for i in np.flatnonzero(ok & (iou < acc.min_mask_iou)):  # the flips: accepted at a tie only
-        print(f"\n{precision}: mask {i} took the other candidate (IoU {other[i]:.3f}) at a stability tie "
-              f"{ref['margin_pixels'][i]:.2f} low-res pixels from the threshold")
-    assert np.all(ok), {"iou": iou, "other": other, "margin_pixels": ref["margin_pixels"]}
+    check = check_masks(got.masks[got_rows], ref, acc.min_mask_iou, STABILITY_FALLBACK)
+    for flip in check.flips():  # accepted at a tie only
+        print(f"\n{precision}: {flip}")
+    assert check.passed, {"iou": check.iou, "flips": check.flips(), "margin_pixels": ref["margin_pixels"]}
 
 
 def reference_tracking(sam_dir, frames: list[np.ndarray], boxes: np.ndarray) -> list[np.ndarray]:
