@@ -34,6 +34,7 @@ class OutputParity:
     tolerance: dict[str, float]
     passed: bool
     problem: str = ""
+    flavour: str = "portable"  # or "onnxruntime": the graph ONNX Runtime runs (runtime.manifest.ONNXRUNTIME)
 
 
 def parity_dim_sets(spec: GraphSpec) -> list[dict[str, int]]:
@@ -94,11 +95,20 @@ def parity_runs(graph: GraphExport, seed: int = 0) -> Iterator[tuple[dict[str, i
         yield dims, graph.make_inputs(dims, np.random.default_rng(seed + 1 + i))
 
 
-def check_export_parity(graph: GraphExport, onnx_path: Path, seed: int = 0) -> list[OutputParity]:
-    session = OrtGraph(onnx_path, graph.spec)
+def check_export_parity(graph: GraphExport, onnx_path: Path, seed: int = 0,
+                        flavours: Mapping[str, Path] | None = None) -> list[OutputParity]:
+    """Rows of ``onnx_path`` (the portable graph) and of each of ``flavours`` (``{flavour: path}``:
+    the same graph written for another runtime) against the PyTorch module, run once per dims."""
+    sessions = {"portable": OrtGraph(onnx_path, graph.spec),
+                **{f: OrtGraph(p, graph.spec) for f, p in (flavours or {}).items()}}
     rows: list[OutputParity] = []
     for dims, feeds in parity_runs(graph, seed):
-        rows += compare_outputs(graph.spec, dims, graph.torch_outputs(feeds), session.run(feeds))
+        ref = graph.torch_outputs(feeds)
+        for flavour, session in sessions.items():
+            flavour_rows = compare_outputs(graph.spec, dims, ref, session.run(feeds))
+            for r in flavour_rows:
+                r.flavour = flavour
+            rows += flavour_rows
     return rows
 
 
@@ -109,7 +119,8 @@ def format_table(rows: Iterable[OutputParity]) -> str:
         dims = ",".join(f"{k}={v}" for k, v in r.dims.items()) or "-"
         tol = f"atol={r.tolerance['atol']:g} rtol={r.tolerance['rtol']:g}"
         verdict = "PASSED" if r.passed else f"FAILED ({r.problem})"
-        lines.append(f"{r.graph:<22} {dims:<26} {r.output:<22} {r.max_abs:>10.3g} {r.max_rel:>10.3g} {r.cosine:>10.6f} {tol:<26} {verdict}")
+        graph = r.graph if r.flavour == "portable" else f"{r.graph} ({r.flavour})"
+        lines.append(f"{graph:<22} {dims:<26} {r.output:<22} {r.max_abs:>10.3g} {r.max_rel:>10.3g} {r.cosine:>10.6f} {tol:<26} {verdict}")
     return "\n".join(lines)
 
 

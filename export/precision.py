@@ -537,6 +537,27 @@ def _quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+@contextlib.contextmanager
+def _ort_quantization_restored() -> Iterator[None]:
+    """ModelOpt patches ONNX Runtime's calibrators and quantizers for its own calibration
+    (``modelopt.onnx.quantization.ort_patching``) and leaves them patched, after which ONNX Runtime's
+    own ``quantize_static`` (export.ort_flavour) fails: put every attribute back as it was."""
+    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, quantize
+
+    owners = (calibrate, quantize, calibrate.CalibraterBase, calibrate.MinMaxCalibrater, calibrate.HistogramCalibrater,
+              calibrate.HistogramCollector, qdq_quantizer.QDQQuantizer, base_quantizer.BaseQuantizer)
+    saved = [(owner, dict(vars(owner))) for owner in owners]
+    try:
+        yield
+    finally:
+        for owner, before in saved:
+            for name in set(vars(owner)) - set(before):
+                delattr(owner, name)
+            for name, value in before.items():
+                if vars(owner).get(name) is not value:
+                    setattr(owner, name, value)
+
+
 def _modelopt_quantize(src: Path, out: Path, reader: FeedReader, method: str) -> None:
     import_modelopt()
     from modelopt.onnx.quantization import quantize
@@ -544,7 +565,7 @@ def _modelopt_quantize(src: Path, out: Path, reader: FeedReader, method: str) ->
     reader.rewind()
     first = reader.get_first()
     shapes = ",".join(f"{k}:{'x'.join(str(d) for d in v.shape)}" for k, v in first.items())
-    with _quiet_modelopt():
+    with _quiet_modelopt(), _ort_quantization_restored():
         quantize(
             onnx_path=str(src),
             quantize_mode="int8",
@@ -600,6 +621,7 @@ class PrecisionParity:
     min_cosine: float
     passed: bool
     problem: str = ""
+    flavour: str = "portable"  # or "onnxruntime": the graph ONNX Runtime runs (runtime.manifest.ONNXRUNTIME)
 
 
 def compare_precision(graph: str, precision: str, inputs: str, dims: Mapping[str, int], name: str, ref: np.ndarray,
@@ -623,18 +645,21 @@ def compare_precision(graph: str, precision: str, inputs: str, dims: Mapping[str
 
 
 def precision_parity(graph, path: Path, precision: str, runs: Sequence[tuple[str, Mapping[str, int], Mapping[str, np.ndarray]]],
-                     min_cosine: float) -> list[PrecisionParity]:
+                     min_cosine: float, flavour: str = "portable") -> list[PrecisionParity]:
     """``graph`` (an ``export.graph_export.GraphExport``) at ``path`` in ONNX Runtime against its
-    PyTorch module on each ``(inputs label, dims, feeds)`` of ``runs``; Q/DQ fusion off for INT8."""
+    PyTorch module on each ``(inputs label, dims, feeds)`` of ``runs``; Q/DQ fusion off for the
+    portable INT8 graphs (TensorRT's), on for ONNX Runtime's own (``flavour="onnxruntime"``)."""
     from runtime.backends.onnxruntime import OrtGraph
 
-    session = OrtGraph(path, graph.spec, disable_qdq_fusion=precision == "int8")
+    session = OrtGraph(path, graph.spec, disable_qdq_fusion=precision == "int8" and flavour == "portable")
     rows = []
     for label, dims, feeds in runs:
         ref = graph.torch_outputs(feeds)
         got = session.run(feeds)
         rows += [compare_precision(graph.spec.name, precision, label, dims, t.name, ref[t.name], got.get(t.name), min_cosine)
                  for t in graph.spec.outputs]
+    for r in rows:
+        r.flavour = flavour
     return rows
 
 
@@ -645,7 +670,8 @@ def format_precision_table(rows: Sequence[PrecisionParity]) -> str:
     for r in rows:
         dims = ",".join(f"{k}={v}" for k, v in r.dims.items()) or "-"
         verdict = "PASSED" if r.passed else f"FAILED ({r.problem})"
-        lines.append(f"{r.graph:<24} {r.precision:<5} {r.inputs:<11} {dims:<24} {r.output:<22} {r.max_abs:>10.3g} "
+        graph = r.graph if r.flavour == "portable" else f"{r.graph} (ort)"
+        lines.append(f"{graph:<24} {r.precision:<5} {r.inputs:<11} {dims:<24} {r.output:<22} {r.max_abs:>10.3g} "
                      f"{r.cosine:>10.6f} {r.min_cosine:>7g} {verdict}")
     return "\n".join(lines)
 
@@ -666,6 +692,8 @@ class PrecisionOutcome:
     entries: dict[str, dict[str, dict[str, Any]]]
     rows: list[PrecisionParity]
     calibration: dict[str, Any] | None
+    #: per graph and precision, the ONNX Runtime flavour's manifest entry (``--int8``: ``int8``)
+    onnxruntime: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def write_precisions(
@@ -811,7 +839,14 @@ def write_precisions(
                    else f"{calibration_record['graphs'][name]['method']} calibration on {inputs.runs(name)} runs")
                 + f" in {calibration_record['graphs'][name]['seconds']:.1f} s")
             say(f"[int8 {i}/{len(order)}] {name}: {what}" + (f", parity {_verdict(graph_rows)}" if graph_rows else ""))
-    return PrecisionOutcome(entries, rows, calibration_record)
+    onnxruntime: dict[str, dict[str, dict[str, Any]]] = {}
+    if "int8" in precisions:  # ONNX Runtime's own INT8, from the same calibration set and cache
+        from export.ort_flavour import write_onnxruntime_int8
+
+        onnxruntime, ort_rows, calibration_record["onnxruntime"] = write_onnxruntime_int8(
+            root, graphs, int8_plan, inputs, cache, shas, file_record=file_record, seed=seed, say=say)
+        rows += ort_rows
+    return PrecisionOutcome(entries, rows, calibration_record, onnxruntime)
 
 
 def _random_runs(graph, seed: int) -> list[tuple[str, dict[str, int], dict[str, np.ndarray]]]:

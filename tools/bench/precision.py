@@ -116,7 +116,7 @@ def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
     from export.owl import owl_graph_exports, owl_sizes
     from export.precision import format_precision_table, write_precisions
     from export.sam2 import sam2_graph_exports, sam2_sizes
-    from runtime.manifest import MANIFEST_NAME, PARITY_NAME, load_manifest
+    from runtime.manifest import MANIFEST_NAME, ONNXRUNTIME, PARITY_NAME, load_manifest
     from runtime.preprocessing import OwlPreprocessing, Sam2Preprocessing
 
     src, out = Path(args.engines), Path(args.out)
@@ -147,6 +147,8 @@ def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
     total = time.perf_counter() - t0
     for name, entries in outcome.entries.items():
         data["graphs"][name]["files"].update(entries)
+    for name, entries in outcome.onnxruntime.items():
+        data["graphs"][name].setdefault(ONNXRUNTIME, {}).update(entries)
     data["calibration"] = outcome.calibration
     write_json(out / MANIFEST_NAME, data)
     parity = json.loads((out / PARITY_NAME).read_text())
