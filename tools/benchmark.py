@@ -29,8 +29,6 @@ Measurements only: nothing is asserted.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -129,7 +127,7 @@ def bench_runtime(engines: Path, backend: str, precision: str, images: list[tupl
                   sweep_counts: Sequence[int] = ()) -> tuple[dict[str, Any], dict[str, float] | None]:
     """The measurements of one backend and precision; and, given ``sweep_counts``, its
     :func:`prompt_sweep` on the same open pipeline afterwards (else None)."""
-    from runtime.pipeline import Pipeline
+    from runtime.pipeline import Pipeline, required_graphs
 
     with Pipeline.load(engines, backend, precision, intra_op_threads=threads) as pipe:
         texts = pipe.texts(prompts)
@@ -168,6 +166,9 @@ def bench_runtime(engines: Path, backend: str, precision: str, images: list[tupl
             "text_ms": _median(text_ms), "text_per_image": False, "per_image_ms": per_image,
             "images_per_s": 1e3 / per_image, "samples_ms": wall, "boxes": {k: v.tolist() for k, v in chosen_boxes.items()},
         }
+        if backend == "onnxruntime":  # which file of each graph ran (runtime.manifest's rule)
+            result["graph_files"] = {spec.name: pipe.manifest.onnxruntime_graph_path(spec.name, precision, verify=False).name
+                                     for spec in required_graphs()}
         sweep = None
         if sweep_counts:
             print(f"[prompt sweep] {backend} {precision} at {list(sweep_counts)} prompts...", file=sys.stderr, flush=True)
@@ -280,24 +281,10 @@ def bench_torch(owl_path: str, sam_path: str, images: list[tuple[str, np.ndarray
 
 
 def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpu_count": os.cpu_count(), "numpy": np.__version__}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor() or None
-    try:
-        import onnxruntime
+    """The CPU, load and package versions (``tools.bench.environment``), ONNX Runtime's included."""
+    from tools.bench.environment import environment
 
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    try:
-        info["load_average_1min"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    return info
+    return environment()
 
 
 def targets(results: list[dict[str, Any]], sweep: dict[str, float] | None) -> dict[str, Any]:
@@ -307,6 +294,9 @@ def targets(results: list[dict[str, Any]], sweep: dict[str, float] | None) -> di
     out: dict[str, Any] = {}
     if ort and fair:
         out["onnxruntime_fp32_vs_pytorch_fair"] = {"value": ort["images_per_s"] / fair["images_per_s"], "target": ">= 1.5"}
+    ort_int8 = by_name.get("onnxruntime int8")
+    if ort and ort_int8:
+        out["onnxruntime_int8_vs_fp32"] = {"value": ort_int8["images_per_s"] / ort["images_per_s"], "target": ">= 1.5"}
     if ort:
         share = sum(ort["stages_ms"].get(s, 0.0) for s in PRE_POST) / ort["per_image_ms"]
         out["pre_post_share_onnxruntime_fp32"] = {"value": share, "target": "<= 0.10", "stages": list(PRE_POST)}
@@ -322,13 +312,14 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    from tools.bench.environment import describe
+
     results = report["results"]
     names = [r["name"] for r in results]
     c, m = report["config"], report["machine"]
     lines = [f"command: `{report['command']}`",
-             f"machine: {m.get('cpu')}, {m['cpu_count']} CPUs, Python {m['python']}, onnxruntime {m.get('onnxruntime')}"
-             + (f", torch {m['torch']['torch']} on {m['torch']['device']}" if m.get("torch") else "")
-             + f", 1-min load average at start {_fmt(m.get('load_average_1min'), 2)}",
+             f"machine: {describe(m)}" + (f"; PyTorch {m['torch']['torch']} on {m['torch']['device']}" if m.get("torch") else "")
+             + " (load average at the start)",
              f"setup: {c['images']} image(s) ({', '.join(c['image_sizes'])}), {c['prompts']} prompts, {c['boxes']} boxes "
              f"per image, {c['runs']} run(s) after {c['warmup']} warm-up, median per image", "",
              "| stage (ms) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -381,7 +372,8 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("milliseconds per image (stages; text only where it runs per image)")
     c = report["config"]
     m = report["machine"]
-    ax.set_title(f"{c['prompts']} prompts, {c['boxes']} boxes per image — {m.get('cpu')}, {m['cpu_count']} CPUs"
+    ax.set_title(f"{c['prompts']} prompts, {c['boxes']} boxes per image — {(m.get('cpu') or {}).get('model')}, "
+                 f"{m['cpu_count']} CPUs"
                  + (f", PyTorch on {m['torch']['device']}" if m.get("torch") else ""), fontsize=9)
     fig.legend(*ax.get_legend_handles_labels(), fontsize=7, ncols=len(PIPELINE_STAGES), loc="lower center",
                frameon=False)

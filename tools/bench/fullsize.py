@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
+from tools.bench.environment import with_environment
 
 # Meta's sam2.1_hiera_{t,s}.yaml (trunk embed_dim 96, num_heads 1 doubling per stage, window_spec
 # [8, 4, 14, 7], window_pos_embed_bkg_spatial_size [7, 7], FPN d_model 256 over
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 return proc.returncode
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(with_environment(results), indent=2))
     print(format_markdown(results, args.threads, args.runs))
     return 0
 

@@ -138,6 +138,9 @@ def machine_info(device: torch.device) -> dict:
         info["pillow"] = PIL.__version__
     except Exception:  # noqa: BLE001
         pass
+    from tools.bench.environment import cpu_info, package_versions
+
+    info["cpu"], info["packages"] = cpu_info(), package_versions()
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["gpu"] = torch.cuda.get_device_name(device)

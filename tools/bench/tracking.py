@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
+from tools.bench.environment import with_environment
 
 
 def _rss_mb() -> float:
@@ -125,7 +126,7 @@ def speed(args: argparse.Namespace) -> int:
             say(json.dumps(results[-1]))
     print(format_speed(results, args, SAM2_MEMORY_ATTENTION.name))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(with_environment(results), indent=2))
     return 0
 
 
@@ -176,7 +177,7 @@ def rss(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"| {row['frame']} | {row['rss_mb']:.1f} | {row['objects']} | {row['ms_per_frame']:.1f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps(with_environment(rows), indent=2))
     return 0
 
 
