@@ -235,13 +235,16 @@ def quantize_for_onnxruntime(
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f".int8-ort-{spec.name}-", dir=dst.parent))
     try:
-        for f in model_files(src):
+        files = model_files(src)
+        for f in files:
             shutil.copyfile(f, work / f.name)
+        external = len(files) > 1
         pre, qdq = work / "pre.onnx", work / "qdq.onnx"
         # quant_pre_process: ONNX shape inference and ORT's basic optimisations, so that the
         # quantiser sees every tensor's shape (its symbolic shape inference does not know the
         # contrib ops: skipped)
-        quant_pre_process(str(work / src.name), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(work / src.name), str(pre), skip_symbolic_shape=True, save_as_external_data=external,
+                          external_data_location="pre.onnx.data")
         options: dict[str, Any] = {"MatMulConstBOnly": True}
         if params is not None:  # the quantiser derives weights' and biases' scales from these, as calibrated
             options["TensorQuantOverrides"] = {t: [{"scale": np.array(s, np.float32), "zero_point": np.array(z, np.uint8)}]
@@ -250,7 +253,7 @@ def quantize_for_onnxruntime(
             str(pre), str(qdq), _Reader(list(feeds)[:1] if params is not None else feeds),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=CalibrationMethod.MinMax,
-            extra_options=options,
+            extra_options=options, use_external_data_format=external,
         )
         t_cal = time.perf_counter() - t0
         model = onnx.load(str(qdq))

@@ -1,0 +1,36 @@
+"""tools.bench.environment: what every result file records about the machine and the packages."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from tools.bench.environment import PACKAGES, cpu_info, describe, environment
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse avx2 fma avx512f avx512bw avx512_vnni avx512_bf16 avx512vbmi
+
+processor\t: 1
+model name\t: another CPU
+flags\t\t: fpu
+"""
+
+
+def test_cpu_model_and_the_features_that_pick_kernels(tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO)
+    cpu = cpu_info(str(path))
+    assert cpu == {"model": "AMD EPYC", "vendor": "AuthenticAMD", "family": "25", "model_number": "17", "stepping": "1",
+                   "features": ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"]}
+
+
+def test_environment_records_the_installed_versions():
+    env = environment()
+    for pkg in ("onnx", "onnxscript", "onnx-ir", "onnxruntime", "torch", "transformers"):
+        assert pkg in PACKAGES and env["packages"][pkg] == importlib.metadata.version(pkg)
+    line = describe(env)
+    assert f"onnxruntime {env['packages']['onnxruntime']}" in line and f"{env['cpu_count']} CPUs" in line
