@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from export import first_line
-from export.graph_export import EXTERNAL_DATA_BYTES, check_signature
+from export.graph_export import check_signature
 from runtime.graphs import GraphSpec
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,9 @@ INT8 graph TensorRT builds from (``export.precision.quantize_int8``; run with ON
 fusion). Each runs in ONNX Runtime, with PyTorch eager FP32 and BF16 autocast beside them, all in one
 process, variants alternating, and is timed by the CPU time of the process with ``--threads`` intra-op
 threads and thread spinning off: that measures work done, not waiting, so a machine shared with other
-work slows every variant alike. Also reports whether ONNX Runtime's CPU execution provider has a
-BF16 MatMul. Measurements only: nothing is asserted.
+work slows every variant alike. Also reports how close ONNX Runtime's integer kernels come to the INT8
+graph run fake-quantised, and whether its CPU execution provider has a BF16 MatMul. Measurements only:
+nothing is asserted.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def onnxruntime_bf16_matmul() -> str:
     except Exception as e:  # noqa: BLE001 - the answer is the error
         return " ".join(str(e).split())[:200]
     return "yes"
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def cpu_times(fns: dict[str, Callable[[], Any]], runs: int, say) -> dict[str, list[float]]:
@@ -121,6 +127,14 @@ def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, sa
         sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     fns: dict[str, Callable[[], np.ndarray]] = {
         name: (lambda s=s: s.run(None, {"pixel_values": x})[0]) for name, s in sessions.items()}
+    # the INT8 flavour as written (Q/DQ fusion off, fake-quantised in float): what the integer kernels
+    # should reproduce unless they saturate (u8 x s8 products summed in int16 without VNNI)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    as_written = ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})[0]
+    fused_out = fns["ONNX Runtime INT8"]()
+    fused_vs_written = float(_cosine(fused_out, as_written))
     pixels = torch.from_numpy(x)
 
     def torch_bf16() -> np.ndarray:
@@ -130,15 +144,13 @@ def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, sa
     fns["PyTorch FP32"] = lambda: module(pixels).numpy()
     fns["PyTorch BF16 autocast"] = torch_bf16
     with torch.inference_mode():
-        ref = fns["PyTorch FP32"]().astype(np.float64).ravel()
-        cosine = {}
-        for name, f in fns.items():
-            got = f().astype(np.float64).ravel()
-            cosine[name] = float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref)))
+        ref = fns["PyTorch FP32"]()
+        cosine = {name: _cosine(f(), ref) for name, f in fns.items()}
         times = cpu_times(fns, runs, say)
     base = float(np.median(times["ONNX Runtime FP32"]))
     return {"layers": layers, "tokens": (size // VIT_B["patch_size"]) ** 2 + 1, "threads": threads, "runs": runs,
             "onnxruntime_bf16_matmul": onnxruntime_bf16_matmul(),
+            "onnxruntime_int8_fused_vs_fake_quantised_cosine": fused_vs_written,
             "variants": {name: {"cpu_ms_median": float(np.median(t)), "cpu_ms": t,
                                 "vs_onnxruntime_fp32": base / float(np.median(t)), "cosine_vs_pytorch_fp32": cosine[name]}
                          for name, t in times.items()}}
@@ -151,7 +163,9 @@ def markdown(result: dict[str, Any]) -> str:
     for name, v in result["variants"].items():
         lines.append(f"| {name} | {v['cpu_ms_median']:.0f} | {v['vs_onnxruntime_fp32']:.2f}× | "
                      f"{v['cosine_vs_pytorch_fp32']:.6f} |")
-    lines += ["", f"ONNX Runtime BF16 MatMul on the CPU execution provider: {result['onnxruntime_bf16_matmul']}"]
+    lines += ["", "ONNX Runtime INT8, integer kernels against the same graph fake-quantised (Q/DQ fusion off): cosine "
+              f"{result['onnxruntime_int8_fused_vs_fake_quantised_cosine']:.6f}",
+              f"ONNX Runtime BF16 MatMul on the CPU execution provider: {result['onnxruntime_bf16_matmul']}"]
     return "\n".join(lines)
 
 
