@@ -205,7 +205,8 @@ class CalibrationInputs:
 
         return tqdm(it, desc=desc, unit="run", leave=False, file=sys.stderr)
 
-    def _graph(self, name: str) -> OrtGraph:
+    def fp32_graph(self, name: str) -> OrtGraph:
+        """The artifact's FP32 graph ``name`` in ONNX Runtime, opened once."""
         if name not in self._graphs:
             self._graphs[name] = OrtGraph(self.root / graph_file_name(name, "fp32"), GRAPHS[name])
         return self._graphs[name]
@@ -239,11 +240,11 @@ class CalibrationInputs:
 
     def _queries(self, run: int) -> np.ndarray:
         run %= self._num_text_runs()
-        return self._cached("queries", run, lambda: self._graph(OWL_TEXT.name).run(self._text_feed(run))[
+        return self._cached("queries", run, lambda: self.fp32_graph(OWL_TEXT.name).run(self._text_feed(run))[
             OWL_TEXT.output_names[0]])
 
     def _owl_features(self, i: int) -> dict[str, np.ndarray]:
-        return self._cached("owl_features", i, lambda: self._graph(OWL_IMAGE.name).run(
+        return self._cached("owl_features", i, lambda: self.fp32_graph(OWL_IMAGE.name).run(
             {OWL_IMAGE.input_names[0]: self._owl_pixels(i)}))
 
     def _head_feed(self, i: int) -> dict[str, np.ndarray]:
@@ -252,14 +253,14 @@ class CalibrationInputs:
         return dict(zip(OWL_HEAD.input_names, values, strict=True))
 
     def _sam_features(self, i: int) -> dict[str, np.ndarray]:
-        return self._cached("sam_features", i, lambda: self._graph(SAM2_IMAGE.name).run(
+        return self._cached("sam_features", i, lambda: self.fp32_graph(SAM2_IMAGE.name).run(
             {SAM2_IMAGE.input_names[0]: self._sam_pixels(i)}))
 
     def _owl_detector(self) -> OwlDetector:
         """The runtime's OWLv2 detector on the FP32 graphs (for its class head and post-processing)."""
         if self._detector is None:
-            self._detector = OwlDetector(self._graph(OWL_TEXT.name), self._graph(OWL_IMAGE.name),
-                                         self._graph(OWL_HEAD.name), self.tokenizer, self.owl)
+            self._detector = OwlDetector(self.fp32_graph(OWL_TEXT.name), self.fp32_graph(OWL_IMAGE.name),
+                                         self.fp32_graph(OWL_HEAD.name), self.tokenizer, self.owl)
         return self._detector
 
     def _detections(self, i: int) -> np.ndarray:

@@ -1,60 +1,26 @@
 """Calibration inputs of SAM2's video graphs, recorded from the FP32 tracker on short clips.
 
-The memory graphs' inputs are the tracker's own state (memory banks, object pointers, masks of
-earlier frames), so they are not made here: :class:`runtime.tracker.Sam2Tracker` runs on the FP32
-graphs (ONNX Runtime) with each graph wrapped in a recording proxy, and the feeds of its calls are
-kept. No tracking logic is repeated here.
-
-**The clips.** Each of ``clips`` calibration images (spread over the set) becomes a clip of
-``frames`` frames: a slow camera move into the image, the window shrinking from the whole image
-to ``zoom`` of its sides while its centre drifts by up to ``drift`` of the image in a direction
-seeded per image, each window resized back to the image's size (a video's frames share one size).
-Objects move and grow a little from frame to frame while the scene stays the same, which is
-what a memory bank holds in a video: memories of the same objects on nearby frames. The two other
-choices give banks no video has: consecutive calibration images as frames are a scene cut on every
-frame (memories of objects that are no longer there), and an image repeated as a still clip gives
-memories identical to the frame being tracked (attention on a perfect match, no mask change).
-
-**The objects.** Frame 0 is the image itself, prompted with the first ``objects`` boxes of the
-decoders' calibration (:meth:`CalibrationInputs.decoder_boxes`: the FP32 OWLv2 detections of the
-image, topped up with random plausible boxes), each box one object as ``track(boxes=...)`` does.
-
-**The bank lengths.** ``frames`` defaults to ``sam_max_object_pointers + 1`` (17 for the released
-checkpoints): frame ``t`` attends to ``min(t, num_maskmem)`` memories and ``min(t, max pointers)``
-pointers, so a clip goes through every bank length up to the ``num_memories`` / ``num_pointers``
-profile maxima (7 and 16), the full bank on its last frame.
-
-**What is kept.** The calls of ``ceil(runs / clips)`` tracked frames of each clip, evenly spaced from
-frame 1 to the last (the shortest and the full bank), plus those of the prompted frame 0 (which the
-memory attention and the tracking decoder do not get), copied when made: memory holds those few
-frames per clip, whatever the clip's length. Each recorded graph gets about ``runs`` feeds (times
-the calls per frame where the objects need more than one call). They are ordered round-robin over
-the clips, each clip's alternating longest / shortest bank (odd clips starting with the shortest):
-the first feed is the full bank of clip 0 (ModelOpt sizes its placement analysis by the first feed,
-and the cached-range path runs only that one, from clip 0 alone), and the first few, which the INT8
-parity check uses, mix images and bank lengths. ``objects_per_call`` is what ``Sam2Tracker.open``
-uses on ONNX Runtime, so that the attention maps stay within its memory budget.
-
-``sam2_prompt_decoder`` is not recorded here: its inputs are ``sam2_decoder``'s (a frame's features
-and the boxes that start objects), whose calibration feeds it shares.
-
-Cost: ``clips * frames`` tracker steps (68 by default): one to two seconds on the tiny test
-checkpoints; at full size about as many SAM2 image-encoder runs plus the memory attention of each.
+The memory graphs' inputs are the tracker's own state, so they are not made here: the FP32 tracker
+(:class:`runtime.tracker.Sam2Tracker`) runs with each graph wrapped in a recording proxy over clips
+made of the calibration images (a slow camera move into each), and the feeds of its calls are kept.
+Why clips of that kind, which frames are kept and in which order: docs/ARCHITECTURE.md ("Calibrating
+SAM2's memory").
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
+from calibration.images import CalibrationImages, spread_order
+from runtime.backends import GraphRunner
 from runtime.graphs import (SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER,
                             SAM2_OBJECT_POINTER, SAM2_TRACK_DECODER, SAM2_VIDEO_GRAPHS, GraphSpec)
-
-if TYPE_CHECKING:
-    from calibration.inputs import CalibrationInputs
+from runtime.preprocessing import Sam2Preprocessing
+from runtime.tracker import Sam2Tracker, ort_objects_per_call
 
 #: The video graphs whose calibration feeds are the tracker's recorded calls.
 RECORDED_GRAPHS = (SAM2_MEMORY_ATTENTION.name, SAM2_TRACK_DECODER.name, SAM2_OBJECT_POINTER.name,
@@ -141,15 +107,26 @@ def evenly(items: list, count: int) -> list:
     return [items[int(i)] for i in sorted({int(round(x)) for x in np.linspace(0, len(items) - 1, count)})]
 
 
+class ClipSource(Protocol):
+    """What a recording needs of the calibration inputs it belongs to
+    (:class:`calibration.inputs.CalibrationInputs` is one)."""
+
+    images: CalibrationImages
+    sam: Sam2Preprocessing
+    seed: int
+    progress: bool
+
+    def decoder_boxes(self, i: int) -> np.ndarray: ...
+
+    def fp32_graph(self, name: str) -> GraphRunner: ...
+
+
 class VideoRecording:
-    """Tracks the clips of a :class:`calibration.inputs.CalibrationInputs` on its FP32 graphs and keeps
-    the feeds of the recorded graphs, one clip at a time, on demand."""
+    """Tracks the clips of a :class:`ClipSource` on its FP32 graphs and keeps the feeds of the
+    recorded graphs, one clip at a time, on demand."""
 
-    def __init__(self, inputs: "CalibrationInputs", sizes: Mapping[str, int], max_objects_per_call: int,
+    def __init__(self, inputs: ClipSource, sizes: Mapping[str, int], max_objects_per_call: int,
                  max_boxes_per_call: int, settings: VideoClips) -> None:
-        from calibration.images import spread_order
-        from runtime.tracker import ort_objects_per_call
-
         self.inputs = inputs
         self.sizes = dict(sizes)
         self.settings = settings
@@ -180,12 +157,10 @@ class VideoRecording:
         return self._clips[c]
 
     def _track_clip(self, c: int) -> dict[str, list[dict[str, np.ndarray]]]:
-        from runtime.tracker import Sam2Tracker
-
         i = self.images[c]
         inputs = self.inputs
         calls: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in RECORDED_GRAPHS}
-        graphs = {g.name: _Recorder(inputs._graph(g.name), calls.get(g.name)) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
+        graphs = {g.name: _Recorder(inputs.fp32_graph(g.name), calls.get(g.name)) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
         tracker = Sam2Tracker(graphs, inputs.sam, self.sizes, self.max_objects_per_call, self.max_boxes_per_call,
                               objects_per_call=self.objects_per_call, max_objects=self.settings.objects)
         image = inputs.images.load(i)

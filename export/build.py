@@ -148,13 +148,15 @@ def build(args: argparse.Namespace) -> Path:
     sizes = {**owl_sizes(owl), **sam2_sizes(sam)}
     graphs = owl_graph_exports(owl, sizes) + sam2_graph_exports(sam, sizes)
     if args.video:  # SAM2's memory modules, from Sam2VideoModel of the same checkpoint
-        from export.sam2_video import load_sam_video, sam2_video_graph_exports, sam2_video_sizes
+        from export.sam2_video import load_sam_video, sam2_video_graph_exports, sam2_video_sizes, video_ranges
 
         say(f"loading SAM2's video modules from {args.sam_model}")
         sam_video = load_sam_video(args.sam_model)
         sizes.update(sam2_video_sizes(sam_video, sizes))
         graphs += sam2_video_graph_exports(sam_video, sizes)
     profiles = with_max(DYNAMIC_DIMS, num_prompts=args.max_prompts, num_boxes=args.max_boxes, batch=args.max_batch)
+    if args.video:
+        profiles = video_ranges(sizes, profiles)
 
     with staged_directory(args.out) as tmp:
         records: dict[str, Any] = {}
@@ -199,7 +201,7 @@ def build(args: argparse.Namespace) -> Path:
             raise UserError(f"{args.owl_model}: its tokenizer has no fast (tokenizer.json) form, which the runtime needs")
 
         owl_pre = owl_preprocessing_from_processor(owl.processor)
-        sam_pre = sam2_preprocessing_from_processor(sam.processor)
+        sam_pre = sam2_preprocessing_from_processor(sam.processor, mask_size=sizes["sam_mask_size"])
         precision_parity: dict[str, Any] = {}
         calibration_record = None
         if precisions:
@@ -240,7 +242,8 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
     from calibration.inputs import CalibrationInputs
     from export.artifact import file_record, write_json
     from export.parity import ParityError
-    from export.precision import format_precision_table, precision_failures, write_precisions
+    from export.precision import (format_flips, format_precision_table, precision_failures, rejected_flips,
+                                  write_precisions)
     from runtime.manifest import is_artifact
 
     inputs = None
@@ -255,26 +258,31 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
     finally:
         if inputs is not None:
             inputs.close()
-    by_precision = {p: [r for r in outcome.rows if r.precision == p] for p in precisions}
-    for p, mine in by_precision.items():
-        parity[p] = {"passed": not precision_failures(mine), "rows": [r.__dict__ for r in mine]}
+    by_precision = {p: ([r for r in outcome.rows if r.precision == p], [f for f in outcome.flips if f.precision == p])
+                    for p in precisions}
+    for p, (mine, flips) in by_precision.items():
+        parity[p] = {"passed": not precision_failures(mine) and not rejected_flips(flips),
+                     "rows": [r.__dict__ for r in mine], "flips": [f.__dict__ for f in flips]}
     write_json(tmp / PARITY_NAME, parity)
-    bad = precision_failures(outcome.rows)
-    table = format_precision_table(outcome.rows)
+    bad = precision_failures(outcome.rows) + rejected_flips(outcome.flips)
+    table = format_precision_table(outcome.rows) + ("\n" + format_flips(outcome.flips) if outcome.flips else "")
     if bad:
         say(table)
         worst = ", ".join(sorted({f"{r.graph} {r.precision}" for r in bad}))
         raise ParityError(
-            f"{len(bad)} of {len(outcome.rows)} precision parity checks failed ({worst}; table above); "
-            "nothing was written: export without that precision, or calibrate on more representative images"
+            f"{len(bad)} of {len(outcome.rows) + len(outcome.flips)} precision parity checks failed ({worst}; table "
+            "above); nothing was written: export without that precision, or calibrate on more representative images"
         )
     log.info("precision parity table:\n%s", table)
     return outcome, by_precision
 
 
-def _precision_summary(rows) -> dict[str, Any]:
-    return {"passed": all(r.passed for r in rows), "checks": len(rows),
-            "worst_cosine": min((r.cosine for r in rows), default=None)}
+def _precision_summary(checks) -> dict[str, Any]:
+    rows, flips = checks
+    return {"passed": all(r.passed for r in rows) and all(f.accepted for f in flips), "checks": len(rows),
+            "worst_cosine": min((r.cosine for r in rows), default=None),
+            # discrete choices decided otherwise than the FP32 reference, at ties (parity.json lists them)
+            "choice_flips": len(flips), "worst_flip_margin": max((f.margin for f in flips), default=None)}
 
 
 def build_engines_from(root: Path, args: argparse.Namespace) -> bool:

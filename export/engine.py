@@ -41,7 +41,7 @@ from runtime.backends.tensorrt import (
 )
 from runtime.errors import ArtifactError, UserError
 from runtime.graphs import GRAPHS, GraphSpec, resolve_shape
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, export_command
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -256,7 +256,7 @@ def build_engines(artifact_dir: Path, manifest: Mapping[str, Any], precisions: S
     lacking = [p for p in precisions if not any(p in m.graphs[g]["files"] for g in m.graphs)]
     if lacking:
         raise ArtifactError(f"{root} has no {'/'.join(lacking)} graphs to build engines from; "
-                            f"re-export with python -m export.build --{lacking[0]}")
+                            f"re-export with {export_command(root, dict(manifest), precision=lacking[0])}")
     unknown = [g for g in m.graphs if g not in GRAPHS]
     if unknown:
         raise ArtifactError(f"{root} lists graphs {unknown} this toolkit has no spec for; use the matching version")

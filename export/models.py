@@ -20,6 +20,11 @@ DEFAULT_SAM_MODEL = "facebook/sam2.1-hiera-small"
 # model_type values of config.json that each family accepts
 _MODEL_TYPES = {"owl": ("owlv2",), "sam": ("sam2", "sam2_video")}
 _KIND = {"owl": "OWLv2", "sam": "SAM2"}
+_FLAG = {"owl": "--owl-model", "sam": "--sam-model"}
+#: What a checkpoint folder is made of (configs, tokenizer, weights); a hub snapshot is fetched as these.
+CHECKPOINT_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors")
+OFFLINE_HINT = ("pass local checkpoint folders with --owl-model DIR --sam-model DIR (python -m tools.tiny_checkpoints "
+                "DIR writes tiny random ones)")
 
 
 @dataclass
@@ -70,6 +75,72 @@ def _check_local(source: str, family: str) -> None:
         )
 
 
+def is_hub_id(source: str) -> bool:
+    """``org/name`` that is not a local path: a Hugging Face hub id (the rule ``_check_local`` follows)."""
+    path = Path(source)
+    return not (path.is_absolute() or source.startswith(".") or path.exists() or source.count("/") != 1)
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache's snapshot folder of ``repo_id`` when it holds a checkpoint
+    (config.json and weights), without any network access; else None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError), or no huggingface_hub
+        return None
+    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+    return folder if (folder / "config.json").is_file() and has_weights else None
+
+
+def hub_unreachable(repo_id: str, timeout: float = 5.0) -> str | None:
+    """Why ``repo_id`` cannot be fetched from the hub now (offline mode, no network, no such repo),
+    found in one request of at most ``timeout`` seconds; None when it can."""
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants
+    except ImportError:
+        return "huggingface_hub is not installed (pip install 'owlsam-trt[export]')"
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        huggingface_hub.model_info(repo_id, timeout=timeout)
+    except Exception as e:  # httpx/requests connection errors, RepositoryNotFoundError, GatedRepoError...
+        return f"{type(e).__name__}: {first_line(e)}"
+    return None
+
+
+def require_hub(source: str, family: str) -> Path | None:
+    """For a hub id: its cached snapshot folder, or None when it must (and can) be downloaded; a
+    one-line UserError within seconds when it is not cached and the hub cannot be reached (instead
+    of transformers' retries, half a minute). Local paths pass (None)."""
+    if not is_hub_id(source):
+        return None
+    folder = cached_snapshot(source)
+    if folder is not None:
+        return folder
+    why = hub_unreachable(source)
+    if why is not None:
+        raise UserError(f"{_FLAG[family]} {source}: not in the local Hugging Face cache and the hub cannot be reached "
+                        f"({why}); {OFFLINE_HINT}")
+    return None
+
+
+def download_snapshot(repo_id: str, family: str) -> Path:
+    """Fetch a checkpoint's files (top level: configs, tokenizer, safetensors weights, else .bin)
+    into the Hugging Face cache, with its progress bars; returns the snapshot folder."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=list(CHECKPOINT_PATTERNS), ignore_patterns=["*/*"]))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id, allow_patterns=["*.bin"], ignore_patterns=["*/*"]))
+    except Exception as e:
+        raise UserError(f"{_FLAG[family]} {repo_id}: download failed ({first_line(e)}); {OFFLINE_HINT}") from None
+    return folder
+
+
 def _load(family: str, source: str, model_cls: Any, processor_cls: Any, *, kind: str | None = None,
           hint: str = "check the id or path, or run python -m tools.tiny_checkpoints DIR for offline checkpoints",
           all_weights: Callable[[list[str]], str] | None = None) -> LoadedModel:
@@ -78,19 +149,21 @@ def _load(family: str, source: str, model_cls: Any, processor_cls: Any, *, kind:
     would initialise them at random with only a warning) is refused with ``all_weights(missing keys)``."""
     _check_local(source, family)
     kind = kind or _KIND[family]
+    cached = require_hub(source, family)  # fails fast offline; a cached hub checkpoint loads without the network
+    where = str(cached) if cached is not None else source
     try:
         if all_weights is None:
-            model = model_cls.from_pretrained(source)
+            model = model_cls.from_pretrained(where)
         else:
-            model, info = model_cls.from_pretrained(source, output_loading_info=True)
+            model, info = model_cls.from_pretrained(where, output_loading_info=True)
             missing = sorted(info.get("missing_keys", []))
             if missing:
                 raise UserError(all_weights(missing))
-        processor = processor_cls.from_pretrained(source)
+        processor = processor_cls.from_pretrained(where)
     except OSError as e:
         raise UserError(f"cannot load {kind} model {source!r} ({first_line(e)}); {hint}") from None
     model.eval()
-    revision = getattr(model.config, "_commit_hash", None)
+    revision = getattr(model.config, "_commit_hash", None) or (cached.name if cached is not None else None)
     return LoadedModel(family, source, model, processor, _config_hash(model.config), revision)
 
 

@@ -319,16 +319,18 @@ def write_onnxruntime_int8(root: Path, graphs: Sequence[Any], plan: Mapping[str,
     why it stays at higher precision: then its ``int8`` entry is its FP32 ONNX Runtime graph), from
     the calibration ``inputs`` and ``cache`` the portable INT8 graphs use (entries
     ``<graph>.onnxruntime``), each checked against PyTorch like every INT8 graph but with ONNX
-    Runtime's Q/DQ fusion on. Returns (manifest entries per graph, parity rows, calibration record)."""
+    Runtime's Q/DQ fusion on, SAM2's decoders before their discrete choices. Returns (manifest entries
+    per graph, parity rows, choice flips, calibration record)."""
     from calibration.inputs import calibration_key
     from export.precision import CacheMismatch, _calibration_runs, _random_runs, _verdict, precision_parity
     from runtime.graphs import PRECISION_ACCEPTANCE
     from runtime.manifest import ONNXRUNTIME, graph_file_name
 
     root = Path(root)
-    min_cosine = PRECISION_ACCEPTANCE["int8"].min_cosine
+    acceptance = PRECISION_ACCEPTANCE["int8"]
     entries: dict[str, dict[str, dict[str, Any]]] = {}
     rows: list = []
+    flips: list = []
     record: dict[str, Any] = {}
     for i, graph in enumerate(graphs, 1):
         name = graph.spec.name
@@ -372,8 +374,10 @@ def write_onnxruntime_int8(root: Path, graphs: Sequence[Any], plan: Mapping[str,
             runs = runs or _random_runs(graph, seed)
             what = "kept FP32"
         path = root / entries[name]["int8"]["files"][0]["path"]
-        graph_rows = precision_parity(graph, path, "int8", runs, min_cosine, flavour=ONNXRUNTIME) if runs else []
+        graph_rows, graph_flips = (precision_parity(graph, path, "int8", runs, acceptance, flavour=ONNXRUNTIME)
+                                   if runs else ([], []))
         rows += graph_rows
+        flips += graph_flips
         say(f"[int8 onnxruntime {i}/{len(graphs)}] {name}: {what}"
-            + (f", parity {_verdict(graph_rows)}" if graph_rows else ""))
-    return entries, rows, record
+            + (f", parity {_verdict(graph_rows, graph_flips, name, 'int8', ONNXRUNTIME)}" if graph_rows else ""))
+    return entries, rows, flips, record

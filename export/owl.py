@@ -83,8 +83,12 @@ def owl_sizes(loaded: LoadedModel) -> dict[str, int]:
             f"{vision.image_size} px; fix preprocessor_config.json"
         )
     text_length = int(loaded.processor.tokenizer.model_max_length)
-    if text_length > text.max_position_embeddings:
-        text_length = text.max_position_embeddings
+    if text_length > text.max_position_embeddings:  # Owlv2Processor pads every prompt to it: the tower would fail
+        raise UserError(
+            f"{loaded.source}: the tokenizer pads prompts to {text_length} tokens (model_max_length) but the text "
+            f"tower has {text.max_position_embeddings} positions (max_position_embeddings); set model_max_length "
+            f"to at most {text.max_position_embeddings} in tokenizer_config.json"
+        )
     return {
         "owl_image_size": vision.image_size,
         "owl_num_patches": (vision.image_size // vision.patch_size) ** 2,

@@ -1,28 +1,11 @@
 """Precision in the graph: FP16 mixed precision and INT8 Q/DQ versions of the FP32 exports.
 
-TensorRT 11 has no ``BuilderFlag.FP16/INT8`` and no implicit INT8 calibrators: the precision of every
-tensor is written in the ONNX graph and the engine is built strongly typed. Two steps, each reading
-one FP32 ONNX file and writing one precision file, each testable alone (values until called):
-
-* :func:`convert_fp16` — ModelOpt AutoCast (``convert_to_mixed_precision``, low precision FP16,
-  FP32 inputs/outputs kept) with the nodes of the graph's :class:`KeepFp32` policy kept in FP32.
-  ``data_max=inf`` skips AutoCast's reference run, which marks every tensor as an output (48 s and
-  13 GB on the SAM2 encoder, NOTES.md): what stays FP32 is decided here, from measurement
-  (``python -m tools.bench.precision``), not by AutoCast's range heuristics.
-* :func:`quantize_int8` — ModelOpt ONNX PTQ: symmetric INT8 with per-channel weights, explicit
-  QuantizeLinear/DequantizeLinear pairs placed by ModelOpt's TensorRT-oriented rules (the inputs of
-  Conv/MatMul/Gemm and the fusible residual Adds; LayerNorm, Softmax and attention matmuls of long
-  sequences left alone), calibrated with entropy (falling back to max, loudly and on record, where
-  the histogram calibrator fails), then the FP16 step above on the Q/DQ graph so that everything
-  not quantized runs in FP16 under the same FP32 policy. The calibration inputs come from
-  :mod:`calibration.inputs`; those of SAM2's memory modules are recorded from the FP32 tracker
-  (:mod:`calibration.video`). Activation scales can be given instead of
-  calibrating (``scales``, from the cache in :mod:`calibration.cache`); the scales a calibration
-  produced are returned so that the caller can cache them.
-
-Parity of a precision graph is judged against the FP32 PyTorch module by cosine similarity per
-output (:data:`runtime.graphs.PRECISION_ACCEPTANCE`), the task-level IoU checks live in the tests
-and in ``tools.bench.precision``.
+:func:`convert_fp16` (ModelOpt AutoCast, the graph's :class:`KeepFp32` policy kept in FP32) and
+:func:`quantize_int8` (ModelOpt ONNX PTQ: explicit Q/DQ, per-channel weights, FP16 elsewhere) each read
+one FP32 ONNX file and write one precision file; :func:`write_precisions` runs them for an export and
+checks each against PyTorch by cosine per output, SAM2's decoders before their discrete choices (flips
+counted apart, accepted at ties only: :func:`precision_parity`). Why these choices: docs/ARCHITECTURE.md
+("Precision decisions").
 """
 
 from __future__ import annotations
@@ -45,8 +28,9 @@ import onnx
 
 from export import first_line
 from export.graph_export import EXTERNAL_DATA_BYTES, check_signature, onnx_files
+from export.parity import ChoiceFlip
 from runtime.errors import UserError
-from runtime.graphs import GraphSpec
+from runtime.graphs import GraphSpec, PrecisionAcceptance
 
 log = logging.getLogger(__name__)
 
@@ -645,22 +629,56 @@ def compare_precision(graph: str, precision: str, inputs: str, dims: Mapping[str
 
 
 def precision_parity(graph, path: Path, precision: str, runs: Sequence[tuple[str, Mapping[str, int], Mapping[str, np.ndarray]]],
-                     min_cosine: float, flavour: str = "portable") -> list[PrecisionParity]:
+                     acceptance: PrecisionAcceptance, flavour: str = "portable"
+                     ) -> tuple[list[PrecisionParity], list[ChoiceFlip]]:
     """``graph`` (an ``export.graph_export.GraphExport``) at ``path`` in ONNX Runtime against its
     PyTorch module on each ``(inputs label, dims, feeds)`` of ``runs``; Q/DQ fusion off for the
-    portable INT8 graphs (TensorRT's), on for ONNX Runtime's own (``flavour="onnxruntime"``)."""
+    portable INT8 graphs (TensorRT's), on for ONNX Runtime's own (``flavour="onnxruntime"``).
+
+    A graph with discrete choices is judged before them: every candidate against the reference's,
+    and the chosen outputs against the reference's candidates chosen as the graph chose. Choices
+    that differ from the reference's are the flips returned, each accepted only where the
+    reference's margin is at most ``acceptance.flip_margins`` of its choice.
+    """
+    from export.graph_export import candidates_exposed
+    from export.parity import replay_choices
     from runtime.backends.onnxruntime import OrtGraph
 
-    session = OrtGraph(path, graph.spec, disable_qdq_fusion=precision == "int8" and flavour == "portable")
-    rows = []
-    for label, dims, feeds in runs:
-        ref = graph.torch_outputs(feeds)
-        got = session.run(feeds)
-        rows += [compare_precision(graph.spec.name, precision, label, dims, t.name, ref[t.name], got.get(t.name), min_cosine)
-                 for t in graph.spec.outputs]
+    spec = graph.spec
+    rows, flips = [], []
+    with candidates_exposed(path, spec) as (exposed, view):
+        session = OrtGraph(exposed, view, disable_qdq_fusion=precision == "int8" and flavour == "portable")
+        for label, dims, feeds in runs:
+            ref = graph.torch_outputs(feeds)
+            got = session.run(feeds)
+            if graph.choices is not None:
+                chosen, found = replay_choices(graph, ref, got)
+                ref = {**ref, **chosen}
+                for choice, item, margin in found:
+                    limit = float(acceptance.flip_margins.get(choice, 0.0))
+                    flips.append(ChoiceFlip(spec.name, precision, label, dict(dims), choice, item, margin, limit,
+                                            margin <= limit, flavour))
+            rows += [compare_precision(spec.name, precision, label, dims, t.name, ref[t.name], got.get(t.name),
+                                       acceptance.min_cosine) for t in view.outputs]
     for r in rows:
         r.flavour = flavour
-    return rows
+    return rows, flips
+
+
+def rejected_flips(flips: Sequence[ChoiceFlip]) -> list[ChoiceFlip]:
+    return [f for f in flips if not f.accepted]
+
+
+def format_flips(flips: Sequence[ChoiceFlip]) -> str:
+    """One line per flip: graph, precision, inputs, the item, the choice and the reference's margin."""
+    lines = []
+    for f in flips:
+        dims = ",".join(f"{k}={v}" for k, v in f.dims.items()) or "-"
+        verdict = "accepted" if f.accepted else "REJECTED"
+        graph = f.graph if f.flavour == "portable" else f"{f.graph} (ort)"
+        lines.append(f"{graph} {f.precision} {f.inputs} {dims} item {f.item}: {f.choice} flipped at reference "
+                     f"margin {f.margin:.4g} (at most {f.max_margin:g}): {verdict}")
+    return "\n".join(lines)
 
 
 def format_precision_table(rows: Sequence[PrecisionParity]) -> str:
@@ -692,6 +710,7 @@ class PrecisionOutcome:
     entries: dict[str, dict[str, dict[str, Any]]]
     rows: list[PrecisionParity]
     calibration: dict[str, Any] | None
+    flips: list[ChoiceFlip] = field(default_factory=list)
     #: per graph and precision, the ONNX Runtime flavour's manifest entry (``--int8``: ``int8``)
     onnxruntime: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
@@ -731,6 +750,13 @@ def write_precisions(
         raise UserError("--int8 needs --calib-dir DIR (a folder of calibration images)")
     entries: dict[str, dict[str, dict[str, Any]]] = {g.spec.name: {} for g in graphs}
     rows: list[PrecisionParity] = []
+    flips: list[ChoiceFlip] = []
+
+    def parity(graph, path: Path, precision: str, runs) -> list[PrecisionParity]:
+        found_rows, found_flips = precision_parity(graph, path, precision, runs, PRECISION_ACCEPTANCE[precision])
+        rows.extend(found_rows)
+        flips.extend(found_flips)
+        return found_rows
     by_name = {g.spec.name: g for g in graphs}
 
     keep_fp16 = INT8_KEEP_FP16 if keep_fp16 is None else keep_fp16
@@ -768,12 +794,10 @@ def write_precisions(
         graph_rows: list[PrecisionParity] = []
         if "fp16" in precisions:
             entries[name]["fp16"] = entry
-            graph_rows = precision_parity(graph, result.files[0], "fp16", _random_runs(graph, seed),
-                                          PRECISION_ACCEPTANCE["fp16"].min_cosine)
-            rows += graph_rows
+            graph_rows = parity(graph, result.files[0], "fp16", _random_runs(graph, seed))
         say(f"[fp16 {i}/{len(need_fp16)}] {name}: {result.record['kept_fp32']['nodes']} of "
             f"{result.record['kept_fp32']['of']} nodes kept FP32, converted in {result.record['seconds']:.1f} s"
-            + (f", parity {_verdict(graph_rows)}" if graph_rows else ""))
+            + (f", parity {_verdict(graph_rows, flips, name, 'fp16')}" if graph_rows else ""))
 
     calibration_record = None
     if "int8" in precisions:
@@ -812,8 +836,8 @@ def write_precisions(
                         why = f"{e}: it stays FP16"
                         log.warning("%s", why)
                         entries[name]["int8"] = kept_fp16_entry(name, why)
-                        rows += precision_parity(graph, root / entries[name]["int8"]["files"][0]["path"], "int8",
-                                                 _calibration_runs(inputs, name), PRECISION_ACCEPTANCE["int8"].min_cosine)
+                        parity(graph, root / entries[name]["int8"]["files"][0]["path"], "int8",
+                               _calibration_runs(inputs, name))
                         say(f"[int8 {i}/{len(order)}] {name}: kept FP16 ({why})")
                         continue
                     cache_file = cache.store(name, key, result.scales, method=result.record["calibration_method"],
@@ -831,22 +855,23 @@ def write_precisions(
                 }
                 runs = _calibration_runs(inputs, name)
             path = root / entries[name]["int8"]["files"][0]["path"]
-            graph_rows = precision_parity(graph, path, "int8", runs, PRECISION_ACCEPTANCE["int8"].min_cosine) if runs else []
-            rows += graph_rows
+            graph_rows = parity(graph, path, "int8", runs) if runs else []
             what = f"kept FP16 ({why.split(':')[0]})" if why else (
                 f"{entries[name]['int8']['activation_quantizers']} activation quantizers, "
                 + ("cached ranges reused" if calibration_record['graphs'][name]['reused']
                    else f"{calibration_record['graphs'][name]['method']} calibration on {inputs.runs(name)} runs")
                 + f" in {calibration_record['graphs'][name]['seconds']:.1f} s")
-            say(f"[int8 {i}/{len(order)}] {name}: {what}" + (f", parity {_verdict(graph_rows)}" if graph_rows else ""))
+            say(f"[int8 {i}/{len(order)}] {name}: {what}"
+                + (f", parity {_verdict(graph_rows, flips, name, 'int8')}" if graph_rows else ""))
     onnxruntime: dict[str, dict[str, dict[str, Any]]] = {}
     if "int8" in precisions:  # ONNX Runtime's own INT8, from the same calibration set and cache
         from export.ort_flavour import write_onnxruntime_int8
 
-        onnxruntime, ort_rows, calibration_record["onnxruntime"] = write_onnxruntime_int8(
+        onnxruntime, ort_rows, ort_flips, calibration_record["onnxruntime"] = write_onnxruntime_int8(
             root, graphs, int8_plan, inputs, cache, shas, file_record=file_record, seed=seed, say=say)
         rows += ort_rows
-    return PrecisionOutcome(entries, rows, calibration_record, onnxruntime)
+        flips += ort_flips
+    return PrecisionOutcome(entries, rows, calibration_record, flips, onnxruntime)
 
 
 def _random_runs(graph, seed: int) -> list[tuple[str, dict[str, int], dict[str, np.ndarray]]]:
@@ -863,10 +888,14 @@ def _calibration_runs(inputs, name: str) -> list[tuple[str, dict[str, int], dict
     return [("calibration", _dims_of(GRAPHS[name], f), f) for f in feeds]
 
 
-def _verdict(rows: Sequence[PrecisionParity]) -> str:
-    bad = [r for r in rows if not r.passed]
+def _verdict(rows: Sequence[PrecisionParity], flips: Sequence[ChoiceFlip], graph: str, precision: str,
+             flavour: str = "portable") -> str:
+    mine = [f for f in flips if f.graph == graph and f.precision == precision and f.flavour == flavour]
+    bad = [r for r in rows if not r.passed] or rejected_flips(mine)
     worst = min(r.cosine for r in rows)
-    return f"{'FAILED' if bad else 'PASSED'} (worst cosine {worst:.5f}, {len(rows)} checks)"
+    flipped = (f", {len(mine)} choice flip(s) at reference margins up to {max(f.margin for f in mine):.3g}"
+               if mine else "")
+    return f"{'FAILED' if bad else 'PASSED'} (worst cosine {worst:.5f}, {len(rows)} checks{flipped})"
 
 
 def precision_failures(rows: Sequence[PrecisionParity]) -> list[PrecisionParity]:

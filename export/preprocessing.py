@@ -8,10 +8,13 @@ non-square sizes) are refused with a ``UserError`` rather than silently producin
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from runtime.errors import UserError
 from runtime.preprocessing import OwlPreprocessing, Sam2Preprocessing
+
+log = logging.getLogger(__name__)
 
 # PIL.Image.Resampling.BILINEAR == transformers' PILImageResampling.BILINEAR == 2
 _BILINEAR = 2
@@ -101,11 +104,14 @@ def owl_preprocessing_from_processor(processor: Any, text_length: int | None = N
     )
 
 
-def sam2_preprocessing_from_processor(processor: Any) -> Sam2Preprocessing:
+def sam2_preprocessing_from_processor(processor: Any, mask_size: int | None = None) -> Sam2Preprocessing:
     """``Sam2Preprocessing`` from a ``Sam2Processor`` (or a bare ``Sam2ImageProcessor``).
 
     ``coord_size`` is ``Sam2Processor.target_size`` (boxes are mapped to it); without the wrapping
-    processor it is the image size, the processor's own default.
+    processor it is the image size, the processor's own default. ``mask_size`` is the model's low-res
+    mask side (``sam_mask_size``): the processor's ``mask_size`` only resizes mask *prompts*, which the
+    runtime does not take, so where it differs (a processor left at its default 256 on a smaller
+    model) it is ignored, with a logged reason, and the model's is recorded.
     """
     kind = "SAM2"
     ip = _image_processor(processor, kind)
@@ -114,7 +120,13 @@ def sam2_preprocessing_from_processor(processor: Any) -> Sam2Preprocessing:
         raise UserError(f"{kind}: the processor has do_pad=True, which the runtime does not implement")
     _check_resample(ip, kind)
     image_size = _square_side(_get(ip, "size", kind), "size", kind)
-    mask_size = _square_side(_get(ip, "mask_size", kind), "mask_size", kind)
+    proc_mask_size = _square_side(_get(ip, "mask_size", kind), "mask_size", kind)
+    if mask_size is None:
+        mask_size = proc_mask_size
+    elif proc_mask_size != mask_size:
+        log.warning("SAM2: ignoring the processor's mask_size %d: it resizes mask prompts, which the runtime does "
+                     "not take; the decoder's low-res masks are %dx%d (from the model)", proc_mask_size, mask_size,
+                     mask_size)
     coord = getattr(processor, "target_size", None)
     return Sam2Preprocessing(
         image_size=image_size,

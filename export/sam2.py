@@ -2,25 +2,9 @@
 
 ``Sam2Image`` runs once per image; ``Sam2Decoder`` turns all the boxes of an image into masks in one
 call. Together they compute exactly what ``Sam2Model(pixel_values=..., input_boxes=...,
-multimask_output=...)`` computes, split where the reference itself caches (``get_image_embeddings``).
-
-The decoder re-writes the glue of ``Sam2PromptEncoder._embed_boxes`` and ``Sam2MaskDecoder.forward``
-(not the layers: every weight-carrying submodule is called as is) so that the graph exports with
-dynamic batch and box counts and stays friendly to TensorRT's ONNX parser. Calling the reference
-modules directly does export (torch 2.14, dynamo), but into a graph that ONNX Runtime rejects as
-soon as batch > 1 and num_boxes > 1 ("invalid expand shape": the ONNX translation of
-``aten.repeat_interleave.self_int`` with a symbolic count is wrong), with 7 ScatterElements, 2 Tile,
-an ArgMax and a GatherElements. Here:
-
-* the in-place corner updates of ``_embed_boxes`` (ScatterElements) become an add and a concat;
-* ``repeat`` / ``repeat_interleave`` over the batch and the boxes (Tile with shape-derived repeats,
-  and the broken translation above) become ``expand`` + ``reshape``, the same memory layout;
-* the stability fallback's ``argmax`` + ``gather`` and ``where(... expand_as ...)`` become
-  comparisons and a chain of ``where`` over the (static) number of multimask outputs, with
-  broadcasting: no ArgMax, GatherElements or int64 tensor in the graph; mask areas are counted in
-  float32 (exact below 2**24 pixels) instead of int64.
-
-Every rewrite is exact: it selects, adds or concatenates the same float32 values the reference does.
+multimask_output=...)`` computes; the reference's glue is rewritten (never its layers) to export with
+dynamic batch and box counts, and the single-mask selection runs as two steps, ``decide`` and
+``select``, on candidates that parity replays (docs/ARCHITECTURE.md, "Exporting SAM2").
 """
 
 from __future__ import annotations
@@ -35,7 +19,8 @@ from calibration.inputs import random_boxes_xyxy
 from export.graph_export import GraphExport
 from export.models import LoadedModel
 from runtime.errors import UserError
-from runtime.graphs import BATCH, NUM_BOXES, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
+from runtime.graphs import (BATCH, BEST_IOU, NUM_BOXES, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE,
+                            STABILITY)
 
 # Sam2Model's image path uses three FPN levels: two high-resolution maps for the decoder's upscaling
 # and the lowest-resolution map as the image embedding.
@@ -49,6 +34,12 @@ class Sam2Image(nn.Module):
 
     The high-resolution maps are already projected by the mask decoder's ``conv_s0``/``conv_s1``, as
     ``Sam2Model.get_image_features`` does, so the decoder graph never re-projects them per box.
+
+    Hiera's positional embedding (``Sam2HieraDetModel._get_pos_embed``: the background embedding
+    resized bicubically to the patch grid, plus the tiled window embedding) depends only on the grid,
+    which the static image size fixes: it is computed here once, by that same method, and the graph
+    adds it as a constant. Exported as is, the bicubic resize stays in the graph wherever the exporter
+    does not fold it (the released 7x7 -> 256x256 embedding), and TensorRT's parser has no cubic Resize.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -57,10 +48,31 @@ class Sam2Image(nn.Module):
         self.conv_s0 = model.mask_decoder.conv_s0
         self.conv_s1 = model.mask_decoder.conv_s1
         self.no_memory_embedding = model.no_memory_embedding  # [1, 1, C]
+        backbone = self.vision_encoder.backbone
+        side = _side(backbone.config.image_size, "the image encoder's image_size", type(model).__name__)
+        with torch.no_grad():
+            param = next(backbone.parameters())
+            grid = backbone.patch_embed(torch.zeros(1, 3, side, side, dtype=param.dtype, device=param.device)).shape[1:3]
+            pos_embed = backbone._get_pos_embed(tuple(grid))  # [1, h, w, C], added to the NHWC patch embeddings
+        self.register_buffer("pos_embed", pos_embed.detach().clone(), persistent=False)
         self.eval()
 
+    def _fpn_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``Sam2VisionModel.forward``'s ``fpn_hidden_states`` (high -> low resolution, NCHW), with the
+        positional embedding as a constant: ``Sam2HieraDetModel.forward`` then the neck."""
+        encoder = self.vision_encoder
+        backbone = encoder.backbone
+        hidden = backbone.patch_embed(pixel_values) + self.pos_embed
+        stages = []
+        for i, block in enumerate(backbone.blocks):
+            hidden = block(hidden)
+            if i in backbone.stage_ends:
+                stages.append(hidden)
+        fpn_hidden_states, _ = encoder.neck(tuple(stages))
+        return fpn_hidden_states[-encoder.num_feature_levels :][::-1]
+
     def forward(self, pixel_values: torch.Tensor):
-        feature_maps = self.vision_encoder(pixel_values).fpn_hidden_states  # high -> low resolution, NCHW
+        feature_maps = self._fpn_features(pixel_values)
         feat0 = self.conv_s0(feature_maps[0])
         feat1 = self.conv_s1(feature_maps[1])
         # Sam2Model adds [1, 1, C] to the (HW, B, C) layout; in NCHW that is a [1, C, 1, 1] add.
@@ -90,6 +102,68 @@ def _first_argmax(scores: torch.Tensor) -> list[torch.Tensor]:
     return picks
 
 
+def decode(md: nn.Module, sparse: torch.Tensor, image: torch.Tensor, image_pe: torch.Tensor,
+           feat0: torch.Tensor, feat1: torch.Tensor, num_mask_tokens: int):
+    """``Sam2MaskDecoder.forward`` from prompt embeddings to every mask output, before any choice.
+
+    ``sparse`` [B, N, T, C] prompt tokens, ``image`` [B*N, C, h, w] (dense prompt added), the
+    feature maps already per box. Returns masks [B, N, M, H, W], iou [B, N, M], object score logits
+    [B, N, 1] and the mask tokens [B, N, M, C] of all ``M = num_mask_tokens`` outputs.
+    """
+    b, n = sparse.shape[0], sparse.shape[1]
+    c, h, w = image.shape[1], image.shape[2], image.shape[3]
+    output_tokens = torch.cat([md.obj_score_token.weight, md.iou_token.weight, md.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens.reshape(1, 1, *output_tokens.shape).expand(b, n, -1, -1), sparse], dim=2)
+    tokens_out, image_out = md.transformer(tokens, image, image_pe.expand(image.shape[0], -1, -1, -1), None)
+
+    iou_token_out = tokens_out[:, :, 1, :]
+    mask_tokens_out = tokens_out[:, :, 2 : 2 + num_mask_tokens, :]
+    image_out = image_out.transpose(2, 3).reshape(-1, c, h, w)
+    upscaled = md.upscale_conv1(image_out) + feat1
+    upscaled = md.activation(md.upscale_layer_norm(upscaled))
+    upscaled = md.activation(md.upscale_conv2(upscaled) + feat0)
+    hyper_in = torch.stack([mlp(mask_tokens_out[:, :, i, :]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=2)
+    _, uc, uh, uw = upscaled.shape
+    masks = (hyper_in @ upscaled.reshape(b, n, uc, uh * uw)).reshape(b, n, -1, uh, uw)
+    iou = md.iou_prediction_head(iou_token_out)
+    object_score_logits = md.pred_obj_score_head(tokens_out[:, :, 0, :])
+    return masks, iou, object_score_logits, mask_tokens_out
+
+
+def one_hot_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``[..., m]`` booleans, true at the first maximum of ``scores``' last axis (see ``_first_argmax``)."""
+    return torch.cat(_first_argmax(scores), dim=-1)
+
+
+def pick(candidates: torch.Tensor, one_hot: torch.Tensor, axis: int) -> torch.Tensor:
+    """The candidate ``one_hot`` marks along ``axis`` (kept, size 1), by a chain of ``where`` over the
+    static candidate count: ``candidates`` [..., m, ...] with ``one_hot`` [..., m] on the leading axes."""
+    m = candidates.shape[axis]
+    extra = candidates.ndim - one_hot.ndim  # trailing axes the picks broadcast over
+
+    def part(x: torch.Tensor, k: int) -> torch.Tensor:
+        return x.narrow(axis, k, 1)
+
+    best = part(candidates, 0)  # where no later one is picked
+    for k in range(1, m):
+        p = part(one_hot, k).reshape(*part(one_hot, k).shape, *([1] * extra))
+        best = torch.where(p, part(candidates, k), best)
+    return best
+
+
+def gate_absent(masks: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """NO_OBJ_SCORE (-1024) where the object is absent (``_single_frame_forward``); ``present`` [..., 1]
+    broadcast over the masks' two spatial axes."""
+    return torch.where(present[..., None, None], masks, torch.full_like(masks, NO_OBJ_SCORE))
+
+
+#: Sam2VideoModel's mask logit for "object absent" (``NO_OBJ_SCORE`` in modeling_sam2_video.py).
+NO_OBJ_SCORE = -1024.0
+
+_CANDIDATE_MASKS, _CANDIDATE_IOU = (t.name for t in SAM2_DECODER.candidates)
+_MASKS, _IOU, _OBJECT_SCORES = SAM2_DECODER.output_names
+
+
 class Sam2Decoder(nn.Module):
     """image_embed, high_res_feat0, high_res_feat1, boxes -> mask_logits, iou_scores, object_score_logits.
 
@@ -97,7 +171,9 @@ class Sam2Decoder(nn.Module):
     ``input_boxes``). With ``multimask=False`` the output is the single-mask token, replaced by the
     multimask output with the best predicted IoU where its stability score is below the
     configured threshold (``Sam2MaskDecoder._dynamic_multimask_via_stability``, which the reference
-    applies in eval mode); with ``multimask=True`` it is the multimask outputs.
+    applies in eval mode), then the candidates it chose from (``SAM2_DECODER.candidates``); with
+    ``multimask=True`` it is the multimask outputs. The selection is two steps, ``decide`` and
+    ``select`` (:class:`export.graph_export.DiscreteChoices`), which parity replays.
     """
 
     def __init__(self, model: nn.Module, multimask: bool) -> None:
@@ -125,65 +201,65 @@ class Sam2Decoder(nn.Module):
         pad = self.not_a_point_embed.weight.reshape(1, 1, 1, -1).expand(b, n, 1, -1)
         return torch.cat([corner_embedding, pad], dim=2)
 
-    def _select_single(self, masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``Sam2MaskDecoder._dynamic_multimask_via_stability`` without gather or expand_as."""
-        md = self.mask_decoder
-        single_masks, single_iou = masks[:, :, 0:1], iou[:, :, 0:1]
-        if not md.dynamic_multimask_via_stability:
-            return single_masks, single_iou
-        # the multimask output with the highest predicted IoU (the first of equals, as torch.argmax)
-        multi_masks, multi_iou = masks[:, :, 1:], iou[:, :, 1:]
-        picks = _first_argmax(multi_iou)
-        best_masks, best_iou = multi_masks[:, :, 0:1], multi_iou[:, :, 0:1]  # where no later one is picked
-        for k in range(1, len(picks)):
-            best_masks = torch.where(picks[k][..., None, None], multi_masks[:, :, k : k + 1], best_masks)
-            best_iou = torch.where(picks[k], multi_iou[:, :, k : k + 1], best_iou)
-        # stability: IoU of the mask thresholded at +delta and at -delta; areas counted in float32
-        flat = single_masks.flatten(-2)
-        delta = md.dynamic_multimask_stability_delta
-        area_i = (flat > delta).to(flat.dtype).sum(dim=-1)
-        area_u = (flat > -delta).to(flat.dtype).sum(dim=-1)
-        stability = torch.where(area_u > 0, area_i / area_u.clamp(min=1.0), torch.ones_like(area_u))
-        is_stable = stability >= md.dynamic_multimask_stability_thresh  # [B, N, 1]
-        out_masks = torch.where(is_stable[..., None, None], single_masks, best_masks)
-        out_iou = torch.where(is_stable, single_iou, best_iou)
-        return out_masks, out_iou
-
-    def forward(self, image_embed, high_res_feat0, high_res_feat1, boxes):
-        md = self.mask_decoder
-        b, c, h, w = image_embed.shape
+    def _decode_boxes(self, image_embed, high_res_feat0, high_res_feat1, boxes):
+        """Every mask output of every box: ``decode``'s masks, iou, object scores and mask tokens."""
         n = boxes.shape[1]
-
         sparse = self._embed_boxes(boxes)
-        output_tokens = torch.cat([md.obj_score_token.weight, md.iou_token.weight, md.mask_tokens.weight], dim=0)
-        tokens = torch.cat([output_tokens.reshape(1, 1, *output_tokens.shape).expand(b, n, -1, -1), sparse], dim=2)
-
         # the dense prompt of a box-only prompt is the no-mask embedding everywhere
         image = _per_box(image_embed + self.no_mask_embed.weight.reshape(1, -1, 1, 1), n)
-        image_pe = self.image_pe.expand(image.shape[0], -1, -1, -1)
-        tokens_out, image_out = md.transformer(tokens, image, image_pe, None)
+        return decode(self.mask_decoder, sparse, image, self.image_pe, _per_box(high_res_feat0, n),
+                      _per_box(high_res_feat1, n), self.num_mask_tokens)
 
-        iou_token_out = tokens_out[:, :, 1, :]
-        mask_tokens_out = tokens_out[:, :, 2 : 2 + self.num_mask_tokens, :]
+    # --- the single-mask selection (``_dynamic_multimask_via_stability``), in two steps
 
-        image_out = image_out.transpose(2, 3).reshape(-1, c, h, w)
-        upscaled = md.upscale_conv1(image_out) + _per_box(high_res_feat1, n)
-        upscaled = md.activation(md.upscale_layer_norm(upscaled))
-        upscaled = md.activation(md.upscale_conv2(upscaled) + _per_box(high_res_feat0, n))
+    def _stability(self, single_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stability score (IoU of the mask thresholded at +delta and at -delta) and union area, ``[..., 1]``,
+        of masks ``[..., 1, H, W]``; areas counted in float32 (exact below 2**24 pixels), not int64."""
+        flat = single_masks.flatten(-2)
+        delta = self.mask_decoder.dynamic_multimask_stability_delta
+        area_i = (flat > delta).to(flat.dtype).sum(dim=-1)
+        area_u = (flat > -delta).to(flat.dtype).sum(dim=-1)
+        return torch.where(area_u > 0, area_i / area_u.clamp(min=1.0), torch.ones_like(area_u)), area_u
 
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, :, i, :]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=2
-        )
-        _, uc, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, n, uc, uh * uw)).reshape(b, n, -1, uh, uw)
+    def decide(self, values):
+        if not self.mask_decoder.dynamic_multimask_via_stability:
+            return {}
+        masks, iou = values[_CANDIDATE_MASKS], values[_CANDIDATE_IOU]
+        stability, _ = self._stability(masks[:, :, 0:1])
+        return {STABILITY: stability >= self.mask_decoder.dynamic_multimask_stability_thresh,  # [B, N, 1]
+                BEST_IOU: one_hot_argmax(iou[:, :, 1:])}  # the first of equals, as torch.argmax
 
-        iou = md.iou_prediction_head(iou_token_out)
-        object_score_logits = md.pred_obj_score_head(tokens_out[:, :, 0, :])
+    def select(self, values, picks):
+        masks, iou = values[_CANDIDATE_MASKS], values[_CANDIDATE_IOU]
+        single_masks, single_iou = masks[:, :, 0:1], iou[:, :, 0:1]
+        if STABILITY not in picks:
+            return {_MASKS: single_masks, _IOU: single_iou}
+        best_masks, best_iou = pick(masks[:, :, 1:], picks[BEST_IOU], 2), pick(iou[:, :, 1:], picks[BEST_IOU], 2)
+        is_stable = picks[STABILITY]
+        return {_MASKS: torch.where(is_stable[..., None, None], single_masks, best_masks),
+                _IOU: torch.where(is_stable, single_iou, best_iou)}
 
+    def margins(self, values):
+        if not self.mask_decoder.dynamic_multimask_via_stability:
+            return {}
+        masks, iou = values[_CANDIDATE_MASKS], values[_CANDIDATE_IOU]
+        stability, area_u = self._stability(masks[:, :, 0:1])
+        thresh = self.mask_decoder.dynamic_multimask_stability_thresh
+        top2 = iou[:, :, 1:].topk(2, dim=-1).values
+        return {STABILITY: ((stability - thresh).abs() * area_u)[..., 0], BEST_IOU: top2[..., 0] - top2[..., 1]}
+
+    def applies(self, choice, picks):
+        if choice == BEST_IOU and STABILITY in picks:
+            return ~picks[STABILITY][..., 0]  # the best multimask output is used only where the single one is unstable
+        return torch.ones(next(iter(picks.values())).shape[:-1], dtype=torch.bool)
+
+    def forward(self, image_embed, high_res_feat0, high_res_feat1, boxes):
+        masks, iou, object_score_logits, _ = self._decode_boxes(image_embed, high_res_feat0, high_res_feat1, boxes)
         if self.multimask:
             return masks[:, :, 1:], iou[:, :, 1:], object_score_logits
-        masks, iou = self._select_single(masks, iou)
-        return masks, iou, object_score_logits
+        values = {_CANDIDATE_MASKS: masks, _CANDIDATE_IOU: iou}
+        chosen = self.select(values, self.decide(values))
+        return chosen[_MASKS], chosen[_IOU], object_score_logits, masks, iou
 
 
 def _side(value, what: str, source: str) -> int:
@@ -251,6 +327,7 @@ def sam2_sizes(loaded: LoadedModel) -> dict[str, int]:
         "sam_feat1_size": feat1,
         "sam_mask_size": _MASK_UPSCALE * embed,
         "sam_num_multimask": int(decoder.num_multimask_outputs),
+        "sam_num_mask_tokens": int(decoder.num_multimask_outputs) + 1,  # the single-mask token first
         "channels": 3,
         "one": 1,
         "box_coords": 4,

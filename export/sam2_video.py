@@ -1,37 +1,13 @@
 """SAM2's video modules as exportable graphs: what ``Sam2VideoModel`` computes per tracked frame.
 
-``Sam2VideoModel`` (same checkpoint as the image graphs, loaded with its memory weights) tracks each
-object with a memory bank. Per frame and object it: conditions the frame's embedding on the bank
-(memory attention), decodes a mask without a prompt (multimask, best by IoU), projects the chosen
-mask token into an object pointer, and encodes the frame + mask into a new memory. An object's first
-frame is decoded from its box prompt instead, on the unconditioned embedding. The graphs:
-
 ``sam2_prompt_decoder``    ``Sam2Decoder`` (single mask) + the NO_OBJ_SCORE gate + the mask token
 ``sam2_track_decoder``     the mask decoder with no prompt: best of the multimask outputs
 ``sam2_object_pointer``    ``object_pointer_proj`` + the no-object pointer where the object is absent
 ``sam2_memory_encoder``    ``_encode_new_memory`` from the low-res mask: upsample, binarise or sigmoid…
 ``sam2_memory_attention``  ``_prepare_memory_conditioned_features`` from a bank of dynamic length
 
-The memory bank's bookkeeping (which frames, which temporal slots, pointer offsets) is the runtime's
-(``runtime.tracker``); the graphs take the bank as tensors. As in ``export.sam2``, the glue of the
-reference is re-written (never the layers: every weight-carrying submodule is called as is) so that
-the graphs export with dynamic object, memory and pointer counts and stay friendly to TensorRT:
-
-* input-independent tensors (the sine positional encodings of the frame and of the memories, the
-  axial RoPE tables, the image-wide positional embedding) are computed once at construction;
-* RoPE on memory keys broadcasts the frame's table over the memory frames instead of
-  ``cos.repeat(1, 1, repeat_factor, 1)`` with a shape-derived factor (a Tile feeding on shapes);
-* the temporal encoding of each memory frame is ``memory_slots @ table`` with a one-hot
-  ``memory_slots`` (exact: one product by 1.0, the rest by 0.0) instead of Python indexing by offset;
-* ``argmax`` + ``gather`` of the best multimask output become comparisons and ``where`` chains
-  (``export.sam2._first_argmax``); no ArgMax, GatherElements, Tile or int64 tensor in the graphs;
-* objects are a batch dimension: the reference runs the memory attention and the decoder one object
-  at a time (batch 1), the graphs run ``num_objects`` objects in one call, each with its own bank.
-
-The graphs take ``sam2_image``'s ``image_embed``, which has the no-memory embedding added; the raw
-features that the memory modules use are recovered as ``image_embed - no_memory_embedding`` (equal
-to the reference's up to one rounding, ~1e-7 relative). The reference rounds memory features to
-bfloat16 when it stores them; ``memory_features`` is float32 and the runtime rounds it.
+The bank's bookkeeping is the runtime's (``runtime.tracker``). How the reference's glue is rewritten
+to export with dynamic object, memory and pointer counts: docs/ARCHITECTURE.md ("Exporting SAM2").
 """
 
 from __future__ import annotations
@@ -46,54 +22,18 @@ from torch import nn
 
 from export.graph_export import GraphExport
 from export.models import LoadedModel
-from export.sam2 import Sam2Decoder, Sam2Image, _first_argmax, _per_box, random_boxes
+from export.sam2 import (_CANDIDATE_IOU, _CANDIDATE_MASKS, NO_OBJ_SCORE, Sam2Decoder, Sam2Image, decode, gate_absent,
+                         one_hot_argmax, pick, random_boxes)
 from runtime.errors import UserError
-from runtime.graphs import (BATCH, NUM_BOXES, NUM_MEMORIES, NUM_OBJECTS, NUM_POINTERS, SAM2_IMAGE,
-                            SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER, SAM2_OBJECT_POINTER, SAM2_PROMPT_DECODER,
-                            SAM2_TRACK_DECODER, DYNAMIC_DIMS)
+from runtime.graphs import (BATCH, BEST_IOU, NUM_BOXES, NUM_MEMORIES, NUM_OBJECTS, NUM_POINTERS, OBJECT_PRESENT,
+                            SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER, SAM2_OBJECT_POINTER,
+                            SAM2_PROMPT_DECODER, SAM2_TRACK_DECODER, DYNAMIC_DIMS, DimRange, with_max)
 
 log = logging.getLogger(__name__)
 
-#: Sam2VideoModel's mask logit for "object absent" (``NO_OBJ_SCORE`` in modeling_sam2_video.py).
-NO_OBJ_SCORE = -1024.0
-
-
-# ----------------------------------------------------------------------------------------------
-# Decoders
-
-
-def _decode(md: nn.Module, sparse: torch.Tensor, image: torch.Tensor, image_pe: torch.Tensor,
-            feat0: torch.Tensor, feat1: torch.Tensor, num_mask_tokens: int):
-    """``Sam2MaskDecoder.forward`` from prompt embeddings to all mask outputs (as ``Sam2Decoder``).
-
-    ``sparse`` [B, N, T, C] prompt tokens, ``image`` [B*N, C, h, w] (dense prompt added), the
-    feature maps already per box. Returns masks [B, N, M, H, W], iou [B, N, M], object score logits
-    [B, N, 1] and the mask tokens [B, N, M, C] of all ``M = num_mask_tokens`` outputs.
-    """
-    b, n = sparse.shape[0], sparse.shape[1]
-    c, h, w = image.shape[1], image.shape[2], image.shape[3]
-    output_tokens = torch.cat([md.obj_score_token.weight, md.iou_token.weight, md.mask_tokens.weight], dim=0)
-    tokens = torch.cat([output_tokens.reshape(1, 1, *output_tokens.shape).expand(b, n, -1, -1), sparse], dim=2)
-    tokens_out, image_out = md.transformer(tokens, image, image_pe.expand(image.shape[0], -1, -1, -1), None)
-
-    iou_token_out = tokens_out[:, :, 1, :]
-    mask_tokens_out = tokens_out[:, :, 2 : 2 + num_mask_tokens, :]
-    image_out = image_out.transpose(2, 3).reshape(-1, c, h, w)
-    upscaled = md.upscale_conv1(image_out) + feat1
-    upscaled = md.activation(md.upscale_layer_norm(upscaled))
-    upscaled = md.activation(md.upscale_conv2(upscaled) + feat0)
-    hyper_in = torch.stack([mlp(mask_tokens_out[:, :, i, :]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=2)
-    _, uc, uh, uw = upscaled.shape
-    masks = (hyper_in @ upscaled.reshape(b, n, uc, uh * uw)).reshape(b, n, -1, uh, uw)
-    iou = md.iou_prediction_head(iou_token_out)
-    object_score_logits = md.pred_obj_score_head(tokens_out[:, :, 0, :])
-    return masks, iou, object_score_logits, mask_tokens_out
-
-
-def _gate(masks: torch.Tensor, object_score_logits: torch.Tensor) -> torch.Tensor:
-    """NO_OBJ_SCORE where the object is absent (``_single_frame_forward``): [..., 1] scores, [..., 1, H, W] masks."""
-    absent = (object_score_logits > 0)[..., None, None]
-    return torch.where(absent, masks, torch.full_like(masks, NO_OBJ_SCORE))
+_PD_MASKS, _PD_IOU, _PD_SCORES, _PD_TOKEN = SAM2_PROMPT_DECODER.output_names
+_TD_MASKS, _TD_IOU, _TD_SCORES, _TD_TOKEN = SAM2_TRACK_DECODER.output_names
+_TD_CANDIDATE_MASKS, _TD_CANDIDATE_IOU, _TD_CANDIDATE_TOKENS = (t.name for t in SAM2_TRACK_DECODER.candidates)
 
 
 class Sam2PromptDecoder(Sam2Decoder):
@@ -102,31 +42,41 @@ class Sam2PromptDecoder(Sam2Decoder):
     A box reaches the video model as two points labelled 2 and 3 plus a padding point, which embed
     to exactly what ``_embed_boxes`` gives; multimask is off for two points, so the output is the
     single mask with the stability fallback. Differences from ``Sam2Decoder``: masks are -1024 where
-    the object score is <= 0, and the output token of the single mask (token 0, even where the
-    fallback picked a multimask output, as the reference does) is returned for the object pointer.
+    the object score is <= 0 (a third choice), and the output token of the single mask (token 0,
+    even where the fallback picked a multimask output, as the reference does) is returned for the
+    object pointer.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model, multimask=False)
 
+    def decide(self, values):
+        return {**super().decide(values), OBJECT_PRESENT: values[_PD_SCORES] > 0}
+
+    def select(self, values, picks):
+        chosen = super().select(values, picks)
+        return {**chosen, _PD_MASKS: gate_absent(chosen[_PD_MASKS], picks[OBJECT_PRESENT])}
+
+    def margins(self, values):
+        return {**super().margins(values), OBJECT_PRESENT: values[_PD_SCORES].abs()[..., 0]}
+
     def forward(self, image_embed, high_res_feat0, high_res_feat1, boxes):
-        n = boxes.shape[1]
-        sparse = self._embed_boxes(boxes)
-        image = _per_box(image_embed + self.no_mask_embed.weight.reshape(1, -1, 1, 1), n)
-        masks, iou, obj, tokens = _decode(self.mask_decoder, sparse, image, self.image_pe, _per_box(high_res_feat0, n),
-                                          _per_box(high_res_feat1, n), self.num_mask_tokens)
-        masks, iou = self._select_single(masks, iou)
-        return _gate(masks, obj), iou, obj, tokens[:, :, 0, :]
+        masks, iou, obj, tokens = self._decode_boxes(image_embed, high_res_feat0, high_res_feat1, boxes)
+        values = {_CANDIDATE_MASKS: masks, _CANDIDATE_IOU: iou, _PD_SCORES: obj}
+        chosen = self.select(values, self.decide(values))
+        return chosen[_PD_MASKS], chosen[_PD_IOU], obj, tokens[:, :, 0, :], masks, iou
 
 
 class Sam2TrackDecoder(nn.Module):
     """conditioned_embed [N, C, h, w] + the frame's high-res maps -> mask logits, IoU, object score
-    and mask token of each tracked object (``_single_frame_forward`` without prompt).
+    and mask token of each tracked object (``_single_frame_forward`` without prompt), then the
+    candidates (``SAM2_TRACK_DECODER.candidates``).
 
     With no prompt the video model embeds one point (0, 0) labelled -1 plus a padding point: both
     become ``not_a_point_embed``, and the dense prompt is ``no_mask_embed``. Tracking uses the
     multimask outputs (``multimask_output_for_tracking``) and keeps the one with the highest
-    predicted IoU, its logits gated to -1024 where the object score is <= 0.
+    predicted IoU, its logits gated to -1024 where the object score is <= 0: two choices, in the
+    ``decide``/``select`` steps of :class:`export.graph_export.DiscreteChoices`.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -145,23 +95,38 @@ class Sam2TrackDecoder(nn.Module):
         self.register_buffer("image_pe", image_pe.detach().clone(), persistent=False)
         self.eval()
 
+    def decide(self, values):
+        return {BEST_IOU: one_hot_argmax(values[_TD_CANDIDATE_IOU]),  # as torch.argmax
+                OBJECT_PRESENT: values[_TD_SCORES] > 0}
+
+    def select(self, values, picks):
+        best = picks[BEST_IOU]
+        masks = pick(values[_TD_CANDIDATE_MASKS], best, 1)  # [N, 1, H, W]
+        return {_TD_MASKS: gate_absent(masks, picks[OBJECT_PRESENT]),
+                _TD_IOU: pick(values[_TD_CANDIDATE_IOU], best, 1),
+                _TD_TOKEN: pick(values[_TD_CANDIDATE_TOKENS], best, 1)[:, 0]}
+
+    def margins(self, values):
+        top2 = values[_TD_CANDIDATE_IOU].topk(2, dim=-1).values
+        return {BEST_IOU: top2[..., 0] - top2[..., 1], OBJECT_PRESENT: values[_TD_SCORES].abs()[..., 0]}
+
+    def applies(self, choice, picks):
+        return torch.ones(picks[choice].shape[:-1], dtype=torch.bool)
+
     def forward(self, conditioned_embed, high_res_feat0, high_res_feat1):
         n = conditioned_embed.shape[0]
         sparse = self.not_a_point_embed.weight.reshape(1, 1, 1, -1).expand(n, 1, 2, -1)
         image = conditioned_embed + self.no_mask_embed.weight.reshape(1, -1, 1, 1)
         feat0 = high_res_feat0.expand(n, -1, -1, -1)
         feat1 = high_res_feat1.expand(n, -1, -1, -1)
-        masks, iou, obj, tokens = _decode(self.mask_decoder, sparse, image, self.image_pe, feat0, feat1,
-                                          self.num_mask_tokens)
-        masks, iou, tokens = masks[:, :, 1:], iou[:, :, 1:], tokens[:, :, 1:]  # [N, 1, 3, ...]
-        masks = _gate(masks, obj)
-        picks = _first_argmax(iou)  # the best multimask output, as torch.argmax
-        best_mask, best_iou, best_token = masks[:, :, 0:1], iou[:, :, 0:1], tokens[:, :, 0:1]
-        for k in range(1, len(picks)):
-            best_mask = torch.where(picks[k][..., None, None], masks[:, :, k : k + 1], best_mask)
-            best_iou = torch.where(picks[k], iou[:, :, k : k + 1], best_iou)
-            best_token = torch.where(picks[k][..., None], tokens[:, :, k : k + 1], best_token)
-        return best_mask[:, 0], best_iou[:, 0], obj[:, 0], best_token[:, 0, 0]
+        masks, iou, obj, tokens = decode(self.mask_decoder, sparse, image, self.image_pe, feat0, feat1,
+                                         self.num_mask_tokens)
+        # the multimask outputs of the one prompt of each object: [N, 3, ...]
+        values = {_TD_CANDIDATE_MASKS: masks[:, 0, 1:], _TD_CANDIDATE_IOU: iou[:, 0, 1:],
+                  _TD_CANDIDATE_TOKENS: tokens[:, 0, 1:], _TD_SCORES: obj[:, 0]}
+        chosen = self.select(values, self.decide(values))
+        return (chosen[_TD_MASKS], chosen[_TD_IOU], obj[:, 0], chosen[_TD_TOKEN],
+                *(values[t.name] for t in SAM2_TRACK_DECODER.candidates))
 
 
 class Sam2ObjectPointer(nn.Module):
@@ -423,7 +388,7 @@ def sam2_video_graph_exports(loaded: LoadedModel, sizes: Mapping[str, int]) -> l
         flipped negative (masks then -1024) so that both sides of every object gate occur."""
         f = frame(1)
         masks, _, obj, tokens = run(prompt, f["image_embed"], f["high_res_feat0"], f["high_res_feat1"],
-                                    random_boxes(rng, 1, n, s))
+                                    random_boxes(rng, 1, n, s))[: len(SAM2_PROMPT_DECODER.outputs)]
         masks, obj, tokens = masks[0], obj[0], tokens[0]
         flip = np.arange(n) % 2 == 1
         obj[flip] = -np.abs(obj[flip]) - 0.1
@@ -474,10 +439,18 @@ def sam2_video_graph_exports(loaded: LoadedModel, sizes: Mapping[str, int]) -> l
         _, obj, tokens = decoded(n, rng)
         return {"mask_token": tokens, "object_score_logits": obj}
 
+    ranges = video_ranges(sizes)
     return [
-        GraphExport(SAM2_PROMPT_DECODER, prompt, prompt_inputs),
-        GraphExport(SAM2_MEMORY_ATTENTION, attention, attention_inputs),
-        GraphExport(SAM2_TRACK_DECODER, track, track_inputs),
-        GraphExport(SAM2_OBJECT_POINTER, pointer, pointer_inputs),
-        GraphExport(SAM2_MEMORY_ENCODER, encoder, encoder_inputs),
+        GraphExport(SAM2_PROMPT_DECODER, prompt, prompt_inputs, ranges),
+        GraphExport(SAM2_MEMORY_ATTENTION, attention, attention_inputs, ranges),
+        GraphExport(SAM2_TRACK_DECODER, track, track_inputs, ranges),
+        GraphExport(SAM2_OBJECT_POINTER, pointer, pointer_inputs, ranges),
+        GraphExport(SAM2_MEMORY_ENCODER, encoder, encoder_inputs, ranges),
     ]
+
+
+def video_ranges(sizes: Mapping[str, int], ranges: Mapping[str, DimRange] = DYNAMIC_DIMS) -> dict[str, DimRange]:
+    """``ranges`` with the memory bank's dims up to what the checkpoint holds: num_maskmem memory frames
+    and max_object_pointers_in_encoder pointers (7 and 16 for the released models, fewer for others)."""
+    return with_max(ranges, **{NUM_MEMORIES: int(sizes["sam_num_maskmem"]),
+                               NUM_POINTERS: int(sizes["sam_max_object_pointers"])})

@@ -3,28 +3,9 @@
     python -m export.trt_check engines/default            # every ONNX graph of an artifact
     python -m export.trt_check path/to/graph.onnx [...]
 
-Runs on any machine (onnx only, no TensorRT): the engine build happens later on the target GPU, so
-the exporter checks here what it can and fails loudly before writing an artifact that cannot be built.
-:func:`check_graph` returns structured :class:`Finding` s; ``export.build`` raises on any ``error``.
-
-What is checked, and why:
-
-* **operators** against the onnx-tensorrt support matrix (recorded below as data, with its source):
-  unsupported ops, ops of custom domains (they need plugins), unsupported data types, and the
-  restrictions of the matrix that can be seen statically (``axes`` must be initializers, Resize
-  modes, TopK ``sorted``, LayerNormalization's extra outputs, MaxPool indices...);
-* **shape tensors**: everything that feeds a shape input (Reshape/Expand/Tile/ConstantOfShape shape,
-  Slice starts/ends/axes/steps, Resize scales/sizes, Range bounds...) must be computable by the layers
-  TensorRT evaluates shapes with (Shape, Concat, Gather, Slice, elementwise, reduce, reshape; see
-  "Dynamic Shapes: Advanced Topics" in the TensorRT developer guide). Users report OneHot/Tile chains
-  breaking SAM decoder builds; a shape that depends on the *values* of a graph input is a
-  data-dependent shape;
-* **data-dependent output shapes** (NonZero, NonMaxSuppression...): our runtime sizes every buffer
-  once from the profile maxima, so such shapes must not reach a graph output;
-* **control flow** (If/Loop/Scan): parsed with restrictions, and a sign of a legacy export;
-* **INT64**: graph I/O is fine in TensorRT >= 10 (noted), large int64 computations and int64 MatMul
-  are not;
-* **dynamic rank**: TensorRT needs every tensor's rank at build time.
+Runs on any machine (onnx only, no TensorRT); :func:`check_graph` returns structured :class:`Finding` s
+and ``export.build`` raises on any ``error``. What is checked and why: docs/ARCHITECTURE.md ("The
+static TensorRT check").
 """
 
 from __future__ import annotations

@@ -1,28 +1,8 @@
 """Numpy image building blocks that reproduce the torch/torchvision kernels the HF processors call.
 
-No torch here (see DESIGN.md, "the one rule"). Every resampling step is expressed as a 1-D *tap
-table* per axis: for output index ``i`` the result is ``sum_t weights[i, t] * x[index[i, t]]``. A
-tap table is built once from the sizes (cheap, O(output size)), and applied with one contiguous row
-gather + multiply-add per tap, never a Python loop over pixels. Separable 2-D operations apply one
-table per axis.
-
-What each function mirrors (torch 2.x CPU kernels, torchvision 0.2x):
-
-- :func:`bilinear_taps` / :func:`resize_bilinear`: ``F.interpolate(mode="bilinear",
-  align_corners=False, antialias=False)`` on float32. The source index ``(i + 0.5) * in/out - 0.5``
-  and the weights are bit-identical to torch's (it evaluates the index with one fused multiply-add);
-  the interpolated values agree to ~1 float32 ulp (width first, then height, as torch's kernel).
-  :class:`BilinearThreshold` does ``interpolate(...) > t`` with bit-identical decisions (it also
-  reproduces the kernel's fused multiply-adds where it matters: next to the threshold).
-- :func:`gaussian_kernel1d` / :func:`gaussian_blur`: ``torchvision.transforms.v2.functional.
-  gaussian_blur`` (softmax of ``-(x/sigma)^2`` over a float32 linspace, reflect padding of
-  ``ksize // 2``), applied separably.
-- :func:`aa_bilinear_taps_int16` / :func:`resize_bilinear_aa_uint8`: torchvision's
-  ``resize(uint8 tensor, BILINEAR, antialias=True)`` on CPU, which runs torch's native uint8
-  antialiased kernel (a port of Pillow-SIMD): triangle filter widened by the scale when
-  downsampling, weights normalised in float64, then quantised to int16 with a precision chosen per
-  axis, integer accumulation with rounding, horizontal pass first, the intermediate image rounded
-  and clipped to uint8, then the vertical pass. Reproduced exactly, in integers.
+No torch here (``runtime`` stays light). Every resampling step is a 1-D tap table per axis, built once
+from the sizes and applied with one row gather and multiply-add per tap. What each function mirrors,
+and how exactly: docs/ARCHITECTURE.md ("Pre- and post-processing without torch").
 """
 
 from __future__ import annotations

@@ -16,12 +16,16 @@ processors see it, so that what the runtime feeds its graphs is what PyTorch use
 - arrays: ``HxWx3`` uint8 as is, ``HxW`` / ``HxWx1`` grayscale repeated to 3 channels, ``HxWx4``
   RGBA composited onto white with the float32 arithmetic of the processors' array path.
 
+``decode_image`` does the same for the encoded bytes of a file (what a server receives), limited to
+the formats named in ``ENCODED_FORMATS`` and, optionally, to a number of pixels checked before decoding.
+
 Errors a user can cause (missing file, not an image, truncated or corrupt data, wrong array dtype or
 shape, empty image) raise ``UserError`` with one line naming the file or the problem and the fix.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -32,9 +36,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from runtime.errors import UserError, one_line
 
-__all__ = ["load_image", "to_rgb_array"]
+__all__ = ["load_image", "decode_image", "to_rgb_array", "ENCODED_FORMATS"]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+#: What ``decode_image`` accepts (PIL format names): the common photo formats, nothing exotic.
+ENCODED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
 
 
 def load_image(image: Any) -> np.ndarray:
@@ -55,20 +61,35 @@ def _load_path(path: Path) -> np.ndarray:
         raise UserError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an image file; pass an image file (or use the folder input of the CLI)")
+    return _open(path, str(path))
+
+
+def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """:func:`load_image` of the encoded bytes of a JPEG, PNG, BMP, TIFF or WebP file; with
+    ``max_pixels``, an image of more pixels is refused from its header, before it is decoded."""
+    if not len(data):
+        raise UserError(f"{name}: no image data (0 bytes); send the bytes of a JPEG, PNG, BMP, TIFF or WebP file")
+    return _open(io.BytesIO(data), name, ENCODED_FORMATS, max_pixels)
+
+
+def _open(source: Any, name: str, formats: tuple[str, ...] | None = None, max_pixels: int | None = None) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            return _from_pil(im, str(path))
+        with Image.open(source, formats=formats) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise UserError(f"{name}: {im.width}x{im.height} is {im.width * im.height} pixels, more than the "
+                                f"limit of {max_pixels}; downscale it first")
+            return _from_pil(im, name)
     except UnidentifiedImageError:
-        raise UserError(f"{path}: not an image file PIL can read; pass a JPEG, PNG, BMP, TIFF or WebP image") from None
+        raise UserError(f"{name}: not an image file PIL can read; pass a JPEG, PNG, BMP, TIFF or WebP image") from None
     except Image.DecompressionBombError as e:
-        raise UserError(f"{path}: image too large to decode safely ({one_line(e)}); downscale it first") from None
+        raise UserError(f"{name}: image too large to decode safely ({one_line(e)}); downscale it first") from None
     except PermissionError:
-        raise UserError(f"{path}: permission denied; make the file readable") from None
+        raise UserError(f"{name}: permission denied; make the file readable") from None
     except UserError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as e:
         # PIL reports truncated/corrupt data with any of these depending on the codec.
-        raise UserError(f"{path}: the image data is truncated or corrupt ({one_line(e)}); re-save or re-download the file") from None
+        raise UserError(f"{name}: the image data is truncated or corrupt ({one_line(e)}); re-save or re-download the file") from None
 
 
 def _from_pil(im: Image.Image, name: str) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,32 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def export_command(root: str | Path, data: dict[str, Any] | None = None, *, precision: str | None = None,
+                   video: bool | None = None) -> str:
+    """The ``python -m export.build`` command that (re)writes the engines folder ``root`` with every
+    flag it needs: the manifest's source models (placeholders when unknown: the hub defaults would
+    need the network), the precisions it has plus ``precision`` (INT8 with its ``--calib-dir``), and
+    ``--video`` when it has SAM2's video graphs or ``video``."""
+    from runtime.graphs import SAM2_VIDEO_GRAPHS
+
+    data = data or {}
+    sources = data.get("sources") or {}
+    owl = (sources.get("owl") or {}).get("model") or "ID|DIR"
+    sam = (sources.get("sam") or {}).get("model") or "ID|DIR"
+    graphs = data.get("graphs") or {}
+    have = {p for g in graphs.values() if isinstance(g, dict) for p in g.get("files", {})} | {precision}
+    if video is None:
+        video = any(g.name in graphs for g in SAM2_VIDEO_GRAPHS)
+    words = ["python -m export.build", "--owl-model", _quote(owl), "--sam-model", _quote(sam), "--out",
+             _quote(str(root)), "--fp32"]
+    words += ["--fp16"] * ("fp16" in have) + ["--int8 --calib-dir IMAGES"] * ("int8" in have) + ["--video"] * bool(video)
+    return " ".join(words)
+
+
+def _quote(text: str) -> str:
+    return text if text == "ID|DIR" else shlex.quote(text)
+
+
 def graph_file_name(graph: str, precision: str, flavour: str = "portable") -> str:
     """``owl_image.onnx`` for FP32 (the reference export), ``owl_image.fp16.onnx`` otherwise; the
     ONNX Runtime flavour ends in ``.ort.onnx`` (``owl_image.ort.onnx``, ``owl_image.int8.ort.onnx``)."""
@@ -47,10 +74,10 @@ def graph_file_name(graph: str, precision: str, flavour: str = "portable") -> st
 class Manifest:
     root: Path
     data: dict[str, Any]
-    # files already hashed by this manifest: (path, sha256) -> (size, mtime_ns) they had. Loading the
-    # same engine twice (Pipeline.load, then the backend's opener or the tracker) hashes it once; a
-    # file changed since (size or mtime) is hashed again.
-    _verified: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+    # files already hashed by this manifest: (path, sha256) -> their _stamp then. Loading the same
+    # engine twice (Pipeline.load, then the backend's opener or the tracker) hashes it once; a file
+    # whose size, mtime or ctime changed since is hashed again. A new manifest hashes everything.
+    _verified: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -71,13 +98,13 @@ class Manifest:
         if graph not in self.graphs:
             raise ArtifactError(
                 f"{self.root} has no graph {graph!r} (it has {', '.join(sorted(self.graphs)) or 'none'}); "
-                "re-export with python -m export.build"
+                f"re-export with {export_command(self.root, self.data)}"
             )
         files = self.graphs[graph]["files"]
         if precision not in files:
             raise ArtifactError(
                 f"{self.root} has no {precision} {graph!r} graph (it has {', '.join(sorted(files))}); "
-                f"re-export with python -m export.build --{precision}"
+                f"re-export with {export_command(self.root, self.data, precision=precision)}"
             )
         return self._entry_path(files[precision], verify)
 
@@ -96,7 +123,7 @@ class Manifest:
         if precision == "int8" and graph in self.graphs:
             raise ArtifactError(
                 f"{self.root} has no ONNX Runtime int8 {graph!r} graph (its INT8 graphs are TensorRT's); "
-                "re-export with python -m export.build --int8 --calib-dir DIR"
+                f"re-export with {export_command(self.root, self.data, precision='int8')}"
             )
         return self.graph_path(graph, precision, verify)
 
@@ -110,8 +137,8 @@ class Manifest:
         path = self.root / rel
         if not path.is_file():
             raise ArtifactError(f"{path} listed in the manifest is missing; re-export the artifact")
-        st = path.stat()
-        if self._verified.get((rel, expected)) == (st.st_size, st.st_mtime_ns):
+        stamp = _stamp(path)
+        if self._verified.get((rel, expected)) == stamp:
             return
         actual = sha256_file(path)
         if actual != expected:
@@ -119,7 +146,16 @@ class Manifest:
                 f"{path} does not match the manifest (sha256 {actual[:12]}… vs {expected[:12]}…): "
                 "the file was changed or corrupted; re-export or rebuild it"
             )
-        self._verified[(rel, expected)] = (st.st_size, st.st_mtime_ns)
+        self._verified[(rel, expected)] = stamp
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What tells a rewritten file from the one hashed: size, mtime and ctime. Any write or rename
+    sets ctime to the clock, and no user call sets it back (``os.utime`` restores mtime, not ctime),
+    so only a same-size rewrite within the filesystem's timestamp granularity of the hashed write
+    (or a change of the system clock) goes unseen until the manifest is loaded again."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def load_manifest(root: str | Path) -> Manifest:
@@ -127,9 +163,9 @@ def load_manifest(root: str | Path) -> Manifest:
     root = Path(root)
     path = root / MANIFEST_NAME
     if not root.is_dir():
-        raise ArtifactError(f"engines directory {root} does not exist; build one with python -m export.build --out {root}")
+        raise ArtifactError(f"engines directory {root} does not exist; build one with {export_command(root)}")
     if not path.is_file():
-        raise ArtifactError(f"{root} has no {MANIFEST_NAME}: not an engines directory; build one with python -m export.build")
+        raise ArtifactError(f"{root} has no {MANIFEST_NAME}: not an engines directory; build one with {export_command(root)}")
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:

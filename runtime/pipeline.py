@@ -5,26 +5,9 @@
     r = pipe.predict("photo.jpg", ["cat", "dog"], threshold=0.1)
     r.boxes, r.scores, r.labels, r.masks
 
-``Pipeline.load`` verifies the artifact before it opens anything: the manifest's schema, the sha256 of
-every file it will load (tokenizer, graphs or engines) and, for TensorRT, that the engines were built
-with the running TensorRT version for the GPU in this machine. It logs (INFO, logger
-``runtime.pipeline``) which backend and precision it chose and why.
-
-``backend="auto"`` takes TensorRT when ``tensorrt`` imports, a CUDA device exists and the manifest has
-engines for this GPU and TensorRT version at the precision asked for; otherwise ONNX Runtime, and the
-log line names the condition that failed. ``backend="tensorrt"`` that cannot be met is an error
-saying what is missing; a precision the artifact lacks is an ``ArtifactError`` naming those it has.
-
-SAM2 is prompted with OWLv2's boxes as they are, also where they extend past the image, as the
-reference pipeline (``Sam2Processor`` does not clip) and SOWLv2 do.
-
-The text embeddings of a prompt tuple are computed once and cached (LRU); the OWLv2 image tower and
-the SAM2 image encoder run once per image (batched in ``predict_batch``); all boxes of an image go
-through one decoder call (in chunks of the engine profile's maximum number of boxes).
-
-Engine records (``manifest["engines"]``: graph -> precision -> GPU tag -> record) are read and
-checked with the TensorRT backend's own functions (``runtime.backends.tensorrt``), so the engine
-build, the backend and this choice agree on one format.
+``Pipeline.load`` verifies the artifact before it opens anything and logs which backend and precision
+it chose and why (``choose_backend``). The data flow of one image, the verification and the stream
+policy: docs/ARCHITECTURE.md ("One image, from file to masks").
 """
 
 from __future__ import annotations
@@ -42,7 +25,7 @@ from runtime.backends import call_all, close_after, close_graphs, onnxruntime_op
 from runtime.errors import ArtifactError, UserError, one_line
 from runtime.graphs import BATCH, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
 from runtime.images import load_image
-from runtime.manifest import ONNXRUNTIME, PRECISIONS, Manifest, load_manifest
+from runtime.manifest import ONNXRUNTIME, PRECISIONS, Manifest, export_command, load_manifest
 from runtime.metrics import box_iou
 from runtime.owl import OwlDetector
 from runtime.profiling import StageTimer
@@ -50,7 +33,7 @@ from runtime.sam2 import Sam2Segmenter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "Result", "BackendChoice", "choose_backend", "nms"]
+__all__ = ["Pipeline", "Result", "BackendChoice", "choose_backend", "verify_artifact", "nms"]
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 DEFAULT_PROMPT_TEMPLATE = "a photo of {}"
@@ -214,8 +197,8 @@ def choose_backend(manifest: Manifest, backend: str = "auto", precision: str = "
         engines_have = engine_precisions(manifest)
         if engines_have:
             has += f", TensorRT engines at {', '.join(engines_have)}"
-        return ArtifactError(f"{manifest.root} has no {precision} graphs ({has}){extra}; "
-                             f"choose one of those or re-export with python -m export.build --{precision}")
+        return ArtifactError(f"{manifest.root} has no {precision} graphs ({has}){extra}; choose one of those or "
+                             f"re-export with {export_command(manifest.root, manifest.data, precision=precision)}")
 
     if backend == "onnxruntime":
         if precision not in onnx_have:
@@ -233,6 +216,24 @@ def choose_backend(manifest: Manifest, backend: str = "auto", precision: str = "
     if precision not in onnx_have:
         raise lacks_precision(f" and TensorRT cannot be used: {why}")
     return BackendChoice("onnxruntime", precision, f"auto: not tensorrt because {why}")
+
+
+def verify_artifact(engines_dir: str | os.PathLike, backend: str = "auto", precision: str = "fp32",
+                    multimask: bool = False) -> tuple[Manifest, BackendChoice]:
+    """What :meth:`Pipeline.load` checks before it opens anything, with its errors: the manifest, the
+    backend choice, and the sha256 (and for TensorRT the version and GPU) of every file it would load."""
+    manifest = load_manifest(engines_dir)
+    choice = choose_backend(manifest, backend, precision, multimask)
+    for rec in manifest.data.get("tokenizer") or []:
+        manifest.verify_file(rec["path"], rec["sha256"])
+    if choice.backend == "onnxruntime":
+        for spec in required_graphs(multimask):
+            manifest.onnxruntime_graph_path(spec.name, choice.precision, verify=True)
+    else:
+        trt_backend = _trt_module()
+        for rec in choice.engines:  # sha256, TensorRT version, GPU name and compute capability
+            trt_backend.verify_engine_record(manifest, rec, choice.environment)
+    return manifest, choice
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,19 +369,7 @@ class Pipeline:
         :meth:`track` opens). ``multimask`` uses the three-mask decoder (best by predicted IoU)
         instead of the single-mask one.
         """
-        manifest = load_manifest(engines_dir)
-        choice = choose_backend(manifest, backend, precision, multimask)
-        graphs = required_graphs(multimask)
-        # Verify every file before anything is opened.
-        for rec in manifest.data.get("tokenizer") or []:
-            manifest.verify_file(rec["path"], rec["sha256"])
-        if choice.backend == "onnxruntime":
-            for spec in graphs:
-                manifest.onnxruntime_graph_path(spec.name, choice.precision, verify=True)
-        else:
-            trt_backend = _trt_module()
-            for rec in choice.engines:  # sha256, TensorRT version, GPU name and compute capability
-                trt_backend.verify_engine_record(manifest, rec, choice.environment)
+        manifest, choice = verify_artifact(engines_dir, backend, precision, multimask)
         log.info("%s: %s", manifest.root, choice.describe())
 
         if choice.backend == "onnxruntime":

@@ -1,40 +1,9 @@
 """Torch-free pre- and post-processing that reproduces transformers' OWLv2 and SAM2 processors.
 
-The parity references are the processors users get with torchvision installed (the "fast" ones):
-``Owlv2ImageProcessor`` / ``Owlv2Processor`` and ``Sam2ImageProcessor`` / ``Sam2Processor``.
-What they do, in their order (transformers 5.2x, torchvision 0.2x):
-
-OWLv2 (``preprocess_owl``)
-    1. rescale ``uint8 * rescale_factor`` to float32 (before anything else, "as in the original");
-    2. pad to a square at the bottom/right with 0.0 (in rescaled units: black, *not* 0.5 grey;
-       the value is hard-coded in the processor, kept here as ``pad_value``);
-    3. anti-alias: Gaussian blur of the padded square with ``sigma = (side/size - 1) / 2`` and a
-       kernel of ``2*ceil(3*sigma)+1`` taps, reflect padding (skipped when not downsampling);
-    4. bilinear resize to ``size`` without antialias;
-    5. normalise ``(x - mean) / std``.
-    Steps 2-4 are linear, so they run here as one separable tap table per axis applied to the
-    unpadded uint8 image (see ``runtime.imageops.blurred_bilinear_taps``): the same numbers up to
-    float32 rounding (closer to exact arithmetic than the processor's own 2-D float32 convolution),
-    and only the output pixels are computed (25 ms for 1920x1080 -> 960 on 2 cores; the processor
-    takes 215 ms, and ~45 s for 3000x2000 -> 64 where its kernel is 139x139).
-
-OWLv2 boxes (``postprocess_owl``)
-    max over prompts, sigmoid, ``score > threshold``, cxcywh -> xyxy, then *both* axes are scaled by
-    the padded square's side ``max(h, w)`` (the boxes are relative to the padded square), in the
-    model's patch order. Boxes are not clipped to the image (the reference does not clip either).
-
-SAM2 (``preprocess_sam2``)
-    1. resize the **uint8** image to ``size x size`` (aspect ratio not kept, no padding) with
-       bilinear + antialias=True; on CPUs with AVX2/AVX512/arm64 torchvision runs torch's native
-       uint8 kernel, whose output is rounded to uint8 (reproduced here bit-exactly, in integers);
-    2. rescale and normalise fused: ``(x - mean/rescale) / (std/rescale)`` in float32.
-
-SAM2 boxes (``boxes_to_sam2_input``): ``x * (target/W)``, ``y * (target/H)`` in float32, where
-``target`` is ``Sam2Processor.target_size`` (the image size). Boxes are clipped to the image first
-(the reference does not clip; for boxes inside the image both agree).
-
-SAM2 masks (``postprocess_sam2_masks``): bilinear (align_corners=False, no antialias) straight from
-the low-res logits to the original ``(H, W)``, then ``> mask_threshold`` (0.0).
+``preprocess_owl`` / ``postprocess_owl``, ``preprocess_sam2`` / ``boxes_to_sam2_input`` /
+``postprocess_sam2_masks``: the numbers of ``Owlv2Processor`` and ``Sam2Processor`` with torchvision
+installed (the parity references), from the constants the manifest records. Step by step, and how
+they are reproduced: docs/ARCHITECTURE.md ("Pre- and post-processing without torch").
 """
 
 from __future__ import annotations

@@ -4,57 +4,10 @@
     for result in track(frames, tracker, detector, ["a photo of a cat"], redetect_every=30):
         result.object_ids, result.boxes, result.masks              # one TrackedFrame per input frame
 
-What ``Sam2VideoModel`` does per frame (transformers' streaming video inference), on the graphs of
-``runtime.graphs`` (SAM2 video section), with the memory bank kept here:
-
-1. ``sam2_image`` encodes the frame once for every object;
-2. objects started on earlier frames: ``sam2_memory_attention`` conditions the embedding on each
-   object's memory bank, ``sam2_track_decoder`` decodes a mask without prompt (best of the multimask
-   outputs), ``sam2_object_pointer`` projects its token into the object pointer;
-3. objects started on this frame (box prompts, or OWLv2 detections): ``sam2_prompt_decoder`` on the
-   unconditioned embedding, then ``sam2_object_pointer``;
-4. ``sam2_memory_encoder`` turns each object's mask into its memory of this frame (binarised for a
-   prompted frame, sigmoid otherwise), rounded to bfloat16 as the reference stores it.
-
-The memory bank of an object is what the reference attends to: the memory and pointer of its prompted
-frame, plus ring buffers of its last ``num_maskmem - 1`` (6) tracked memories and last
-``max_object_pointers_in_encoder - 1`` (15) pointers. They are fixed-size numpy arrays allocated when
-the object starts, so memory stays flat over any number of frames (at most ``max_objects`` objects;
-objects absent for ``forget_after`` frames are dropped when set). Objects with equal bank lengths go
-through the graphs together, in chunks of ``objects_per_call``.
-
-Re-detection: on frame 0 and every ``redetect_every`` frames OWLv2 runs on the frame; each detection
-(by decreasing score) is decoded from its box, and starts a new object only if its mask overlaps no
-object of this frame (tracked or just started) with IoU >= ``new_object_iou`` (default 0.5). Mask IoU
-is measured on the decoders' low-res masks (256 x 256 for the released models).
-
-Stream policy (TensorRT). When every tracking graph has ``enqueue`` (``runtime.backends.tensorrt``
-graphs; see ``runs_on_streams``), the tracker owns two non-blocking CUDA streams and calls no graph
-with ``run()``; otherwise (ONNX Runtime, or a mix of backends) every graph is called with ``run()``.
-
-* Frame stream: ``sam2_image``; per chunk of tracked objects ``sam2_memory_attention`` ->
-  ``sam2_track_decoder`` -> ``sam2_object_pointer``; ``sam2_prompt_decoder`` and its pointers.
-  The image features, the conditioned embedding and the track decoder's token and score go from
-  graph to graph on the device (``Pending.device``). Only what the host uses comes back: masks and
-  object scores (results, re-detection, the memory encoder's inputs), object pointers (the host's
-  rings) and, on prompted frames only, the prompt decoder's tokens. The memory bank stays on the
-  host and is uploaded with each memory-attention call. The host waits once per chunk.
-* Memory stream: ``sam2_memory_encoder`` of frame t, after the image encoder's event (the
-  backend's device hand-off). It runs while the host post-processes frame t and reads,
-  pre-processes and queues frame t+1; frame t+1's encoder waits on the device only for its copy
-  of the embedding. ``step(t+1)`` joins it (the host waits on its event) before any bank is read,
-  and stores its bfloat16 memories in the objects' rings: until then frame t's memories are not
-  in the banks. With more objects than ``objects_per_call``, all calls but the last are read in
-  ``step(t)``. ``reset`` drops an unjoined result; ``close`` frees the streams (and the graphs
-  ``open`` opened).
-* The host waits only on the events of calls whose outputs it reads. Graph stage times are then
-  the host's time to queue the calls, and the waits are timed as ``device wait``.
-
-Differences from the reference, by design: a streamed video's length is unknown, so pointer offsets
-are normalised by ``max_object_pointers_in_encoder - 1`` as in the reference's streaming mode (its
-whole-video mode uses ``min(num_frames, 16) - 1``, the same for videos of 16 frames or more); the
-binarise-or-sigmoid choice of the memory encoder is per object (the reference applies one choice to
-all objects of a frame, which differs only on frames where objects start while others are tracked).
+Per frame what transformers' ``Sam2VideoModel`` does, with each object's memory bank kept here in
+fixed-size rings; on TensorRT the frame's graphs run on the tracker's own two CUDA streams. The
+algorithm, the bank, the stream policy and the differences from the reference: docs/ARCHITECTURE.md
+("One frame of video").
 """
 
 from __future__ import annotations
@@ -71,7 +24,7 @@ from runtime.errors import ArtifactError, UserError
 from runtime.graphs import (NUM_BOXES, NUM_OBJECTS, SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER,
                             SAM2_OBJECT_POINTER, SAM2_PROMPT_DECODER, SAM2_TRACK_DECODER, SAM2_VIDEO_GRAPHS,
                             GraphSpec)
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, export_command
 from runtime.preprocessing import Sam2Preprocessing, boxes_to_sam2_input, postprocess_sam2_masks, preprocess_sam2
 from runtime.profiling import StageTimer
 
@@ -235,12 +188,14 @@ class Sam2Tracker:
                  forget_after: int | None = None) -> None:
         missing = [g.name for g in TRACKING_GRAPHS if g.name not in graphs]
         if missing:
-            raise ArtifactError(f"tracking needs the graphs {missing}; re-export the artifact with python -m export.build --video")
+            raise ArtifactError(f"tracking needs the graphs {missing}; re-export the artifact with python -m export.build "
+                                "--owl-model ID|DIR --sam-model ID|DIR --out DIR --video")
         self.graphs = dict(graphs)
         self.preprocessing = preprocessing
         self.slots = int(sizes["sam_num_maskmem"])
         self.max_pointers = int(sizes["sam_max_object_pointers"])
         self.tokens, self.mem_dim, self.hidden = (int(sizes[k]) for k in ("sam_memory_tokens", "sam_memory_dim", "sam_embed_dim"))
+        self.mask_size = int(sizes["sam_mask_size"])  # the decoders' low-res masks: the model's, not the processor's
         if objects_per_call is not None and objects_per_call < 1:
             raise UserError(f"objects_per_call must be at least 1, got {objects_per_call}")
         self.objects_per_call = min(objects_per_call or max_objects_per_call, max_objects_per_call)
@@ -268,14 +223,19 @@ class Sam2Tracker:
         log.info("tracking %s", "on two CUDA streams (TensorRT graphs)" if self.on_streams else "with run() per graph")
         self.reset()
 
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner], **options) -> "Sam2Tracker":
+    @staticmethod
+    def check_video_graphs(manifest: Manifest) -> None:
+        """An ``ArtifactError`` saying how to re-export, unless ``manifest`` has every video graph."""
         missing = [g.name for g in SAM2_VIDEO_GRAPHS if g.name not in manifest.graphs]
         if missing:
             raise ArtifactError(
                 f"{manifest.root} has no video graphs ({', '.join(missing)}); re-export it with "
-                "python -m export.build --video to track objects in videos"
+                f"{export_command(manifest.root, manifest.data, video=True)} to track objects in videos"
             )
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner], **options) -> "Sam2Tracker":
+        cls.check_video_graphs(manifest)
         pre = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
         profiles = manifest.data["profiles"]
         graphs = {g.name: open_graph(g) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
@@ -291,6 +251,7 @@ class Sam2Tracker:
         tracker owns these graphs: :meth:`close` closes them."""
         from runtime.backends import onnxruntime_opener
 
+        cls.check_video_graphs(manifest)  # before anything reads the video graphs' sizes
         if backend == "onnxruntime":
             opener = open_graph or onnxruntime_opener(manifest, precision)
             if options.get("objects_per_call") is None:
@@ -394,7 +355,7 @@ class Sam2Tracker:
     def _track(self, t: int, feats: dict) -> dict[str, np.ndarray]:
         """Masks, scores and pointers of every existing object on frame t, by memory attention."""
         n = len(self.tracks)
-        h = self.preprocessing.mask_size
+        h = self.mask_size
         out = {"masks": np.empty((n, 1, h, h), np.float32), "scores": np.empty((n, 1), np.float32),
                "pointers": np.empty((n, self.hidden), np.float32)}
         for idx, bank in self._bank_chunks(t):

@@ -1,13 +1,17 @@
-"""Shared fixtures: tiny random checkpoints and the artifacts built from them, per session; TensorRT
-engines built from those where TensorRT and a GPU exist; and the checks several test modules make
-(command-line runs and their one-line errors, calibration feeds against their graph's spec)."""
+"""Shared fixtures: tiny random checkpoints and the artifacts built from them, per session; the family
+of checkpoint shapes, exported in the background while the rest of the suite runs; TensorRT engines
+built from those where TensorRT and a GPU exist; the checks several test modules make (command-line runs
+and their one-line errors, calibration feeds against their graph's spec); and the run's peak memory
+against the CI budget, in the summary."""
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -17,6 +21,17 @@ import pytest
 from tools.bench.synthetic import synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
+#: CI's ceiling on the peak resident memory of the test run (README, Tests).
+PEAK_RSS_BUDGET_GB = 8.0
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Peak RSS of this process and of its largest subprocess: a test that blows the budget shows here
+    (one test's float64 conv1d once put the run at 11.4 GB unnoticed)."""
+    own, child = (resource.getrusage(who).ru_maxrss / 2**20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    over = max(own, child) > PEAK_RSS_BUDGET_GB
+    terminalreporter.write_line(f"peak RSS: {own:.1f} GB in pytest, {child:.1f} GB in its largest subprocess "
+                                f"(CI budget {PEAK_RSS_BUDGET_GB:g} GB{', EXCEEDED' if over else ''})", red=over)
 
 
 @pytest.fixture(scope="session")
@@ -65,15 +80,11 @@ def calibration_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_precision_artifact(tiny_checkpoints, calibration_dir, tmp_path_factory) -> Path:
-    """An engines directory exported with ``--fp16 --int8 --calib-dir`` on the tiny models."""
-    from export.build import main
-
-    out = tmp_path_factory.mktemp("precision_artifact") / "tiny"
-    main(["--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam),
-          "--out", str(out), "--fp32", "--fp16", "--int8", "--calib-dir", str(calibration_dir),
-          "--calib-count", "6", "--engines", "skip"])
-    return out
+def tiny_precision_artifact(tiny_video_precision_artifact) -> Path:
+    """An engines directory exported with ``--fp16 --int8 --calib-dir`` on the tiny models: the ``--video``
+    one, whose image graphs and their calibration are those of an export without ``--video`` (same cache
+    keys, see test_video_precision), so that the suite pays for one FP16/INT8 export, not two."""
+    return tiny_video_precision_artifact
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +98,154 @@ def tiny_video_precision_artifact(tiny_checkpoints, calibration_dir, tmp_path_fa
           "--out", str(out), "--fp32", "--fp16", "--int8", "--video", "--calib-dir", str(calibration_dir),
           "--calib-count", "6", "--engines", "skip"])
     return out
+
+
+@dataclass(frozen=True)
+class FamilyMember:
+    """One checkpoint shape of ``tools.tiny_checkpoints.FAMILY``, exported with every graph at every precision."""
+
+    name: str
+    checkpoints: "TinyCheckpoints"  # noqa: F821 - tools.tiny_checkpoints, imported lazily
+    artifact: Path  # export.build --fp32 --fp16 --int8 --video
+
+
+#: The family's calibration: the minimum number of images, max ranges (no entropy histograms), to keep
+#: each member's one combined export short; the default member's artifact is tiny_video_precision_artifact's.
+FAMILY_CALIBRATION = ("--calib-count", "4", "--calib-method", "max")
+FAMILY_EXPORT_TIMEOUT = 1800  # seconds per member (about 2 min on a quiet 2-core machine)
+
+
+class FamilyExports:
+    """The family members' checkpoints and artifacts (all but "default", which is the session's own
+    tiny checkpoints), made by ``python -m tools.tiny_checkpoints --shape`` and one combined
+    ``python -m export.build`` each, one member at a time, in child processes run from a background
+    thread that starts when collection ends: they overlap the rest of the suite (mostly one core busy),
+    their memory is returned when each child exits, and the family's tests run last."""
+
+    def __init__(self, names: list[str]) -> None:
+        import tempfile
+        import threading
+
+        from tools.tiny_checkpoints import FAMILY_SEEDS
+
+        self.names = [n for n in names if n != "default"]
+        self.seeds = dict(FAMILY_SEEDS)
+        self.root = Path(tempfile.mkdtemp(prefix="owlsam-family-"))
+        self.done = {n: threading.Event() for n in self.names}
+        self.failed: dict[str, str] = {}
+        self.proc: subprocess.Popen | None = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="family-exports", daemon=True)
+
+    def start(self) -> None:
+        if self.thread.ident is None:
+            self.thread.start()
+
+    def _calibration_images(self) -> Path:
+        from PIL import Image
+
+        out = self.root / "calibration"
+        out.mkdir()
+        for i, (h, w) in enumerate(CALIBRATION_IMAGE_SIZES[:4]):
+            Image.fromarray(synthetic_image(h, w, seed=100 + i)).save(out / f"calib_{i}.png")
+        return out
+
+    def _child(self, *args: str | Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=ROOT, env=env, text=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = self.proc.communicate(timeout=FAMILY_EXPORT_TIMEOUT)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"python -m {' '.join(map(str, args))} exited with {self.proc.returncode}:\n{err[-3000:]}")
+
+    def _run(self) -> None:
+        try:
+            calib = self._calibration_images()
+        except Exception as e:  # noqa: BLE001 - reported by every member's wait()
+            self.failed = {n: repr(e) for n in self.names}
+            calib = None
+        for name in self.names:
+            if calib is not None and not self.stopped:
+                try:
+                    self._child("tools.tiny_checkpoints", self.root / name / "checkpoints", "--shape", name,
+                                "--seed", self.seeds.get(name, 0))
+                    self._child("export.build", "--owl-model", self.root / name / "checkpoints" / "owlv2",
+                                "--sam-model", self.root / name / "checkpoints" / "sam2", "--out",
+                                self.root / name / "artifact", "--fp32", "--fp16", "--int8", "--video", "--calib-dir",
+                                calib, *FAMILY_CALIBRATION, "--engines", "skip")
+                except Exception as e:  # noqa: BLE001 - reported by the member's wait()
+                    self.failed[name] = str(e)
+            self.done[name].set()
+
+    def wait(self, name: str) -> FamilyMember:
+        from tools.tiny_checkpoints import TinyCheckpoints
+
+        self.start()  # if collection did not (the member was requested another way)
+        if not self.done[name].wait(FAMILY_EXPORT_TIMEOUT * 2):
+            pytest.fail(f"family member {name}: no export after {FAMILY_EXPORT_TIMEOUT * 2} s")
+        if name in self.failed:
+            pytest.fail(f"family member {name}: {self.failed[name]}")
+        ckpt = self.root / name / "checkpoints"
+        return FamilyMember(name, TinyCheckpoints(owl=ckpt / "owlv2", sam=ckpt / "sam2"), self.root / name / "artifact")
+
+    def drop(self, name: str) -> None:
+        shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_FAMILY_EXPORTS: FamilyExports | None = None
+
+
+def _family_names() -> list[str]:
+    from tools.tiny_checkpoints import FAMILY
+
+    return list(FAMILY)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Start the family's exports now if its tests were collected, and run those tests last (grouped
+    by member, as pytest ordered them): by then the background exports are mostly done."""
+    global _FAMILY_EXPORTS
+    family = [item for item in items if "family_member" in getattr(item, "fixturenames", ())]
+    if not family or config.option.collectonly:
+        return
+    items[:] = [item for item in items if "family_member" not in getattr(item, "fixturenames", ())] + family
+    selected = dict.fromkeys(item.callspec.params["family_member"] for item in family)  # in test order
+    _FAMILY_EXPORTS = FamilyExports(list(selected))
+    _FAMILY_EXPORTS.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _FAMILY_EXPORTS is not None:
+        _FAMILY_EXPORTS.stop()
+
+
+@pytest.fixture(scope="session", params=_family_names())
+def family_member(request) -> FamilyMember:
+    """Each member of the family of tiny checkpoint shapes in turn, exported with ``--fp32 --fp16 --int8
+    --video`` (:class:`FamilyExports`); pytest runs all tests of one member before the next, and the
+    member's files go when its tests are done. "default" is the session's tiny checkpoints and
+    ``tiny_video_precision_artifact``."""
+    global _FAMILY_EXPORTS
+    name = request.param
+    if name == "default":
+        yield FamilyMember(name, request.getfixturevalue("tiny_checkpoints"),
+                           request.getfixturevalue("tiny_video_precision_artifact"))
+        return
+    if _FAMILY_EXPORTS is None:
+        _FAMILY_EXPORTS = FamilyExports(_family_names())
+    if name not in _FAMILY_EXPORTS.done:
+        pytest.fail(f"family member {name} was not collected for export")
+    yield _FAMILY_EXPORTS.wait(name)
+    _FAMILY_EXPORTS.drop(name)
 
 
 @pytest.fixture(scope="session")

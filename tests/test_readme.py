@@ -25,10 +25,14 @@ def _canonical(name: str) -> str:
 
 def test_the_install_pins_every_package_the_numbers_depend_on():
     """constraints.txt, which the README's install uses, pins exact versions of what writes and runs the
-    graphs, agrees with pyproject.toml's own exact pins and leaves the project itself out."""
+    graphs, pins every requirement of the project and of the extras the install names at a version that
+    requirement admits (pyproject's own exact pins equal), and leaves the project itself out."""
     import tomllib
 
-    assert "-c constraints.txt" in readme_command("install")
+    from packaging.requirements import Requirement
+
+    install = readme_command("install")
+    assert "-c constraints.txt" in install
     pins = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
@@ -39,8 +43,28 @@ def test_the_install_pins_every_package_the_numbers_depend_on():
                 "nvidia-modelopt", "numpy"):
         assert pkg in pins, f"constraints.txt does not pin {pkg}"
     assert "owlsam-trt" not in pins
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     for requirement in (r for deps in extras.values() for r in deps):
         name, sep, version = requirement.partition("==")
         if sep:
             assert pins.get(_canonical(name)) == version, f"pyproject pins {requirement}, constraints.txt {pins.get(_canonical(name))}"
+    installed = re.search(r'-e "\.\[([a-z,]+)\]"', install)
+    assert installed, f"the install names no extras: {install}"
+    for requirement in [*project["dependencies"], *(r for e in installed.group(1).split(",") for r in extras[e])]:
+        req = Requirement(requirement)
+        pin = pins.get(_canonical(req.name))
+        assert pin is not None, f"constraints.txt does not pin {req.name} ({requirement})"
+        assert req.specifier.contains(pin, prereleases=True), f"pyproject asks {requirement}, constraints.txt pins {pin}"
+
+
+def test_the_docs_refer_to_nothing_outside_the_repository():
+    """The README links the architecture page; no file of the project points at documents it does not hold."""
+    assert "(docs/ARCHITECTURE.md)" in (ROOT / "README.md").read_text()
+    outside = ("DESIGN.md", "NOTES.md", "STYLE.md", "shared/")
+    texts = [p for d in ("export", "runtime", "calibration", "tools", "tests", "docs") for p in (ROOT / d).rglob("*")
+             if p.suffix in (".py", ".md")] + [ROOT / "README.md", ROOT / "pyproject.toml"]
+    me = Path(__file__).resolve()
+    found = [f"{p.relative_to(ROOT)}: {word}" for p in texts if p.resolve() != me for word in outside
+             if word in p.read_text()]
+    assert found == []

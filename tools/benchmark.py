@@ -5,32 +5,13 @@ the PyTorch reference pipeline run two ways.
                               [--backends onnxruntime tensorrt] [--precisions fp32 fp16 int8]
                               [--torch auto|on|off] [--prompt-sweep 1 8] [--threads N] [--out DIR]
 
-Writes ``benchmark.json``, ``benchmark.md`` (the table, also printed) and ``benchmark.png`` (per-stage
-time per backend) into ``--out``. Every image goes through ``Pipeline.predict`` with threshold 0 and
-``max_detections=--boxes``, so every backend decodes exactly that many boxes whatever the weights.
-Stages (``runtime.profiling.PIPELINE_STAGES``): pre-processing, text (per prompt set: cached, so not
-part of the per-image time), OWL image, head + post-processing, SAM2 image, decoder, mask
-post-processing; "per image" is the measured wall time of ``predict`` (median over runs x images).
-On TensorRT, where the encoders are queued on two CUDA streams and overlap, the stages come from
-as many runs again with every queued call waited for in its stage (``runtime.profiling``).
-
-The PyTorch reference loads the checkpoints the artifact was exported from (``manifest.sources``, or
-``--owl-model/--sam-model``) and runs ``tools.bench.torch_pipeline``'s stages on the same images, prompts and
-boxes: *fair* (text cached, one SAM2 encoder pass per image, all boxes in one decoder call) and
-*sowlv2* (text per image, a SAM2 encoder pass per box, as SOWLv2 runs it). ``--torch auto`` runs it
-when torch and transformers import; ``on`` requires it.
-
-A backend or precision that was asked for and cannot run is an error; with the defaults ("every
-available") what is skipped is printed and recorded with the reason. ``--prompt-sweep`` times the
-first backend at each prompt count (text cached) to show that prompts cost nothing per image.
-Measurements only: nothing is asserted.
+Writes ``benchmark.json``, ``benchmark.md`` (the table, also printed) and ``benchmark.png`` into
+``--out``. A backend or precision asked for that cannot run is an error; by default what is skipped is
+printed with the reason. The method: docs/ARCHITECTURE.md ("Measuring methods"). Measurements only.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,6 +23,8 @@ import numpy as np
 from runtime.errors import ArtifactError, OneLineArgumentParser, UserError, run_cli, whole_number
 from runtime.manifest import PRECISIONS, load_manifest
 from runtime.profiling import DECODER, MASK_POST, OWL_HEAD_POST, PIPELINE_STAGES, PREPROCESS
+from tools.bench.common import (command_line, describe_machine, fmt, load_images, machine_info, median,
+                                torch_machine_info, write_json, write_text)
 from tools.outputs import write_atomic
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -51,37 +34,10 @@ TEXT = "owl_text"
 PRE_POST = (PREPROCESS, OWL_HEAD_POST, MASK_POST)
 WORDS = ("cat", "dog", "person", "car", "bicycle", "tree", "bottle", "chair", "bird", "boat", "cup", "horse",
          "laptop", "umbrella", "clock", "traffic light")
-DEFAULT_IMAGE_HW = (720, 1280)
 
 
 def prompt_list(n: int) -> list[str]:
     return [WORDS[i] if i < len(WORDS) else f"object {i}" for i in range(n)]
-
-
-def load_images(folder: str | None, limit: int) -> list[tuple[str, np.ndarray]]:
-    """``(name, HxWx3 uint8)`` of up to ``limit`` images of ``folder`` (unreadable ones reported and
-    skipped), or one generated 1280x720 image."""
-    from runtime.images import load_image
-    from runtime.video_io import IMAGE_SUFFIXES
-
-    if folder is None:
-        from tools.bench.synthetic import synthetic_image
-
-        return [("synthetic-1280x720", synthetic_image(*DEFAULT_IMAGE_HW, seed=0))]
-    path = Path(folder)
-    if not path.is_dir():
-        raise UserError(f"--images {folder}: not a folder; pass a folder of images (or leave it out for a generated one)")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    images = []
-    for f in files[:limit]:
-        try:
-            images.append((f.name, load_image(f)))
-        except UserError as e:
-            print(f"skipped: {e}", file=sys.stderr)
-    if not images:
-        raise UserError(f"--images {folder}: no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                        "pass a folder of images")
-    return images
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,10 +72,6 @@ def plan_runs(engines: Path, backends: Sequence[str] | None, precisions: Sequenc
 
 # ----------------------------------------------------------------------------------------------
 # The runtime
-
-
-def _median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
 
 
 def bench_runtime(engines: Path, backend: str, precision: str, images: list[tuple[str, np.ndarray]],
@@ -158,12 +110,12 @@ def bench_runtime(engines: Path, backend: str, precision: str, images: list[tupl
                         for s in stage_samples:
                             stage_samples[s].append(pipe.timer.seconds.get(s, 0.0) * 1e3)
         pipe.timer.synchronize = False
-        per_image = _median(wall)
+        per_image = median(wall)
         result = {
             "name": f"{backend} {precision}", "kind": "runtime", "backend": backend, "precision": precision,
             "reason": pipe.choice.reason, "stages_synchronized": pipe.on_streams,
-            "stages_ms": {s: _median(v) for s, v in stage_samples.items()},
-            "text_ms": _median(text_ms), "text_per_image": False, "per_image_ms": per_image,
+            "stages_ms": {s: median(v) for s, v in stage_samples.items()},
+            "text_ms": median(text_ms), "text_per_image": False, "per_image_ms": per_image,
             "images_per_s": 1e3 / per_image, "samples_ms": wall, "boxes": {k: v.tolist() for k, v in chosen_boxes.items()},
         }
         if backend == "onnxruntime":  # which file of each graph ran (runtime.manifest's rule)
@@ -190,7 +142,7 @@ def prompt_sweep(pipe: Any, images: list[tuple[str, np.ndarray]], counts: Sequen
                 t0 = time.perf_counter()
                 pipe.predict(image, prompts, threshold=0.0, max_detections=boxes)
                 wall.append((time.perf_counter() - t0) * 1e3)
-        out[str(n)] = _median(wall)
+        out[str(n)] = median(wall)
     return out
 
 
@@ -204,16 +156,6 @@ def grid_boxes(h: int, w: int, n: int) -> list[list[float]]:
     cw, ch = w / cols, h / rows
     return [[c * cw + 0.15 * cw, r * ch + 0.15 * ch, c * cw + 0.75 * cw, r * ch + 0.75 * ch]
             for r, c in (divmod(i, cols) for i in range(n))]
-
-
-def torch_sources(engines: Path, owl_model: str | None, sam_model: str | None) -> tuple[str, str]:
-    sources = load_manifest(engines).data.get("sources") or {}
-    owl = owl_model or (sources.get("owl") or {}).get("model")
-    sam = sam_model or (sources.get("sam") or {}).get("model")
-    if not owl or not sam:
-        raise UserError(f"{engines}: the manifest names no source checkpoints; pass --owl-model and --sam-model "
-                        "(or --torch off)")
-    return owl, sam
 
 
 def bench_torch(owl_path: str, sam_path: str, images: list[tuple[str, np.ndarray]], prompts: list[str],
@@ -256,7 +198,7 @@ def bench_torch(owl_path: str, sam_path: str, images: list[tuple[str, np.ndarray
                 stage_samples[s] += v
             for k in e2e:
                 e2e[k] += res["e2e_samples_ms"][k]
-    med = {s: _median(v) for s, v in stage_samples.items()}
+    med = {s: median(v) for s, v in stage_samples.items()}
     n = float(len(boxes_by_image.get(images[0][0]) or ()) or boxes)  # boxes per image: SOWLv2's encoder passes
     fair_stages = {PREPROCESS: med["preprocess_owl"] + med["preprocess_sam2"], "owl_image": med["owl_image"],
                    OWL_HEAD_POST: med["owl_heads"] + med["owl_post"], "sam2_image": med["sam2_image"],
@@ -267,12 +209,12 @@ def bench_torch(owl_path: str, sam_path: str, images: list[tuple[str, np.ndarray
                      MASK_POST: n * med["mask_post_1box"]}
     results = []
     for way, stages, text_per_image in (("fair", fair_stages, False), ("sowlv2", sowlv2_stages, True)):
-        per_image = _median(e2e[way])
+        per_image = median(e2e[way])
         results.append({"name": f"pytorch {way}", "kind": f"pytorch-{way}", "backend": f"pytorch {device.type}",
                         "precision": "fp32", "stages_ms": stages, "text_ms": med["owl_text"],
                         "text_per_image": text_per_image, "per_image_ms": per_image, "images_per_s": 1e3 / per_image,
                         "samples_ms": e2e[way]})
-    machine = {**tb.machine_info(device), "torch_threads": torch.get_num_threads()}
+    machine = {**torch_machine_info(device), "torch_threads": torch.get_num_threads()}
     return results, machine
 
 
@@ -280,11 +222,11 @@ def bench_torch(owl_path: str, sam_path: str, images: list[tuple[str, np.ndarray
 # Report
 
 
-def machine_info() -> dict[str, Any]:
-    """The CPU, load and package versions (``tools.bench.environment``), ONNX Runtime's included."""
-    from tools.bench.environment import environment
-
-    return environment()
+def _target(value: float, op: str, bound: float, unit: str, **extra: Any) -> dict[str, Any]:
+    """One target: ``value op bound`` in ``unit`` ("x" for a ratio, "%" for a fraction), and whether it is met."""
+    passed = value >= bound if op == ">=" else value <= bound
+    shown = f"{100 * bound:g} %" if unit == "%" else f"{bound:g}x"
+    return {"value": value, "target": f"{op} {shown}", "unit": unit, "passed": bool(passed), **extra}
 
 
 def targets(results: list[dict[str, Any]], sweep: dict[str, float] | None) -> dict[str, Any]:
@@ -293,32 +235,36 @@ def targets(results: list[dict[str, Any]], sweep: dict[str, float] | None) -> di
     ort, fair = by_name.get("onnxruntime fp32"), by_name.get("pytorch fair")
     out: dict[str, Any] = {}
     if ort and fair:
-        out["onnxruntime_fp32_vs_pytorch_fair"] = {"value": ort["images_per_s"] / fair["images_per_s"], "target": ">= 1.5"}
+        out["onnxruntime_fp32_vs_pytorch_fair"] = _target(ort["images_per_s"] / fair["images_per_s"], ">=", 1.5, "x")
     ort_int8 = by_name.get("onnxruntime int8")
     if ort and ort_int8:
-        out["onnxruntime_int8_vs_fp32"] = {"value": ort_int8["images_per_s"] / ort["images_per_s"], "target": ">= 1.5"}
+        out["onnxruntime_int8_vs_fp32"] = _target(ort_int8["images_per_s"] / ort["images_per_s"], ">=", 1.5, "x")
     if ort:
         share = sum(ort["stages_ms"].get(s, 0.0) for s in PRE_POST) / ort["per_image_ms"]
-        out["pre_post_share_onnxruntime_fp32"] = {"value": share, "target": "<= 0.10", "stages": list(PRE_POST)}
+        out["pre_post_share_onnxruntime_fp32"] = _target(share, "<=", 0.10, "%", stages=list(PRE_POST))
     if sweep and len(sweep) >= 2:
         counts = sorted(sweep, key=int)
         lo, hi = sweep[counts[0]], sweep[counts[-1]]  # the fewest and the most prompts
-        out["prompt_sweep_difference"] = {"value": abs(hi - lo) / lo, "target": "<= 0.10", "ms_per_image": sweep}
+        out["prompt_sweep_difference"] = _target(abs(hi - lo) / lo, "<=", 0.10, "%", ms_per_image=sweep)
     return out
 
 
-def _fmt(v: float | None, digits: int = 1) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
+def target_line(key: str, t: dict[str, Any]) -> str:
+    """``PASS target name: 1.62x (target >= 1.5x)``, the units shown."""
+    value = f"{100 * t['value']:.1f} %" if t["unit"] == "%" else f"{t['value']:.2f}x"
+    line = f"{'PASS' if t['passed'] else 'FAIL'} {key}: {value} (target {t['target']})"
+    if "ms_per_image" in t:
+        line += f"; ms per image by prompt count: {', '.join(f'{k}: {v:.1f}' for k, v in t['ms_per_image'].items())}"
+    return line
 
 
 def markdown(report: dict[str, Any]) -> str:
-    from tools.bench.environment import describe
-
     results = report["results"]
     names = [r["name"] for r in results]
     c, m = report["config"], report["machine"]
     lines = [f"command: `{report['command']}`",
-             f"machine: {describe(m)}" + (f"; PyTorch {m['torch']['torch']} on {m['torch']['device']}" if m.get("torch") else "")
+             f"machine: {describe_machine(m)}"
+             + (f"; PyTorch {m['torch']['torch']} on {m['torch']['device']}" if m.get("torch") else "")
              + " (load average at the start)",
              f"setup: {c['images']} image(s) ({', '.join(c['image_sizes'])}), {c['prompts']} prompts, {c['boxes']} boxes "
              f"per image, {c['runs']} run(s) after {c['warmup']} warm-up, median per image", "",
@@ -328,20 +274,17 @@ def markdown(report: dict[str, Any]) -> str:
         cells = []
         for r in results:
             v = r["stages_ms"].get(s) if s != TEXT else r["text_ms"]
-            cells.append(_fmt(v) + (" (per image)" if s == TEXT and r["text_per_image"] else ""))
+            cells.append(fmt(v) + (" (per image)" if s == TEXT and r["text_per_image"] else ""))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines.append("| **per image, measured** | " + " | ".join(f"**{_fmt(r['per_image_ms'])}**" for r in results) + " |")
-    lines.append("| **images/s** | " + " | ".join(f"**{_fmt(r['images_per_s'], 2)}**" for r in results) + " |")
+    lines.append("| **per image, measured** | " + " | ".join(f"**{fmt(r['per_image_ms'])}**" for r in results) + " |")
+    lines.append("| **images/s** | " + " | ".join(f"**{fmt(r['images_per_s'], 2)}**" for r in results) + " |")
     fair = next((r for r in results if r["kind"] == "pytorch-fair"), None)
     if fair:
         lines.append("| speed-up vs pytorch fair | " + " | ".join(
             f"{r['images_per_s'] / fair['images_per_s']:.2f}×" for r in results) + " |")
     lines.append("")
     for key, t in report["targets"].items():
-        value = f"{100 * t['value']:.1f} %" if "share" in key or "difference" in key else f"{t['value']:.2f}×"
-        lines.append(f"- target {key}: {value} (target {t['target']})"
-                     + (f"; ms per image by prompt count: {', '.join(f'{k}: {v:.1f}' for k, v in t['ms_per_image'].items())}"
-                        if "ms_per_image" in t else ""))
+        lines.append(f"- {target_line(key, t)}")
     for s in report["skipped"]:
         lines.append(f"- skipped {s}")
     return "\n".join(lines) + "\n"
@@ -412,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-sweep", type=whole_number(), nargs="*", default=[1, 8],
                     help="prompt counts timed on the first backend (nothing: skip)")
     ap.add_argument("--threads", type=whole_number(), default=None, help="intra-op threads of ONNX Runtime and PyTorch")
-    ap.add_argument("--out", default="benchmark", help="folder for benchmark.json, benchmark.md, benchmark.png")
+    ap.add_argument("--out", default="benchmark", help="folder for benchmark.json, benchmark.md, benchmark.png "
+                    "(default benchmark/, git-ignored)")
     ap.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     args = ap.parse_args(argv)
     engines = Path(args.engines)
@@ -441,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         if swept is not None:
             sweep = swept
     if use_torch:
-        owl_path, sam_path = torch_sources(engines, args.owl_model, args.sam_model)
+        from export.reference import reference_sources
+
+        owl_path, sam_path = reference_sources(load_manifest(engines), args.owl_model, args.sam_model, " (or --torch off)")
         print(f"[pytorch] {owl_path} + {sam_path}...", file=sys.stderr, flush=True)
         text_length = int(load_manifest(engines).sizes["owl_text_length"])
         torch_results, machine["torch"] = bench_torch(
@@ -449,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             args.runs, args.warmup, args.torch_device, args.threads)
         results += torch_results
     report = {
-        "command": shlex.join([Path(sys.executable).name, "-m", "tools.benchmark",
-                               *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("tools.benchmark", argv),
         "machine": machine,
         "config": {"engines": str(engines), "images": len(images), "image_sizes": [f"{im.shape[1]}x{im.shape[0]}" for _, im in images],
                    "prompts": args.prompts, "boxes": args.boxes, "runs": args.runs, "warmup": args.warmup,
@@ -459,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     table = markdown(report)
-    write_atomic(out / "benchmark.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
-    write_atomic(out / "benchmark.md", lambda f: f.write(table.encode()))
+    write_json(out / "benchmark.json", report)
+    write_text(out / "benchmark.md", table)
     if not args.no_chart:
         draw_chart(report, out / "benchmark.png")
     print(table)

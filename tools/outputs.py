@@ -1,17 +1,19 @@
-"""Writers for ``python -m tools.infer``: SOWLv2's output layout plus a COCO results file.
+"""SOWLv2's output tree for images, written on worker threads beside the predictions (``tools.infer``,
+``tools.client``).
 
-Layout (SOWLv2's names; ``i`` counts the objects of an image from 0, as SOWLv2's code
-does; ``stem`` and ``prompt`` have spaces turned into underscores)::
+One image's files (``F``: its frame number, six digits — the number of a file whose stem is digits,
+else 000001; ``k``: objects numbered from 1 in detection order; ``prompt``: ``prompt_slug``)::
 
-    OUT/binary/frames/{stem}_obj{i}_{prompt}_mask.png       0/255 grayscale, one per object
-    OUT/binary/merged/{stem}_merged_mask.png                union of the image's masks
-    OUT/overlay/frames/{stem}_obj{i}_{prompt}_overlay.png   the image, the mask blended 50% in its colour
-    OUT/overlay/merged/{stem}_merged_overlay.png            every mask blended, in detection order
-    OUT/detections.json                                     COCO results, masks as compressed RLE
+    binary/frames/F_obj{k}_{prompt}_mask.png       0/255 gray, one per object
+    binary/merged/F_merged_mask.png                the union of the image's masks
+    overlay/frames/F_obj{k}_{prompt}_overlay.png   the image, the mask blended 50 % in its prompt's colour
+    overlay/merged/F_merged_overlay.png            every mask blended in turn, in detection order
 
-Colours are per prompt (label), the same in every image. ``--no-binary`` / ``--no-overlay`` drop a
-whole tree, ``--no-merged`` the two ``merged`` folders. An image without detections still gets its
-merged mask (all zero) and merged overlay (the image itself).
+A single image writes them under OUT, a folder's images each under ``OUT/<folder_names(...)>``;
+``OUT/detections.json`` holds the COCO results (RLE masks) of every image. Colours are SOWLv2's
+palette, given to prompts in the order they are first detected in a run. An image without
+detections writes nothing, and no folder is left empty. ``OutputWriter`` does all of it; the output
+folder is written as a hidden sibling and renamed into place at the end (``StagedOutput``).
 """
 
 from __future__ import annotations
@@ -19,26 +21,29 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from runtime import rle
 from runtime.errors import UserError
+from tools.png import PngCanvas
 
 BINARY, OVERLAY, FRAMES, MERGED = "binary", "overlay", "frames", "merged"
 DETECTIONS_NAME = "detections.json"
 
-#: Overlay colours, by label: the ten "tab10" colours, then their lighter "tab20" companions.
+#: SOWLv2's overlay colours (RGB), in the order it hands them to prompts.
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+    (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (128, 0, 0), (0, 128, 0),
+    (0, 0, 128), (128, 128, 0), (0, 128, 128), (128, 0, 128), (255, 128, 0), (255, 0, 128), (0, 255, 128),
+    (128, 255, 0), (0, 128, 255), (128, 0, 255), (192, 192, 192), (255, 215, 0), (138, 43, 226), (75, 0, 130),
+    (240, 128, 128), (32, 178, 170),
 )
 
 _UNSAFE = re.compile(r"[^\w.\-]+")  # keep letters, digits, _, ., - (Unicode letters too)
@@ -46,18 +51,45 @@ _MAX_SLUG = 64
 
 
 def prompt_slug(prompt: str) -> str:
-    """A prompt as a file-name part: spaces to ``_`` (as SOWLv2), anything unsafe to ``_`` too."""
+    """A prompt as a file-name part: spaces to ``_`` (as SOWLv2), anything unsafe in a name too."""
     slug = _UNSAFE.sub("_", prompt.strip().replace(" ", "_")).strip("._") or "prompt"
     return slug[:_MAX_SLUG]
 
 
-def stem_slug(stem: str) -> str:
-    """An input file's stem as a file-name part: spaces to ``_`` (as SOWLv2), nothing unsafe."""
-    return _UNSAFE.sub("_", stem.replace(" ", "_")) or "image"
+def frame_number(stem: str) -> str:
+    """SOWLv2's six-digit frame number of an image: its stem's number when the stem is digits, else 1."""
+    return f"{int(stem) if stem.isascii() and stem.isdigit() else 1:06d}"
 
 
-def color_of(label: int) -> tuple[int, int, int]:
-    return PALETTE[int(label) % len(PALETTE)]
+def folder_names(files: Sequence[Path]) -> list[str]:
+    """The sub-folder of each image of a folder: its stem in lower case (as SOWLv2). Stems that
+    collide (``a.jpg``, ``A.png``) get their suffix appended (``a_jpg``, ``a_png``), and a name still
+    taken (``a_png.jpg`` beside those) a counter: no two images share a folder."""
+    stems = [f.stem.lower() for f in files]
+    counts = Counter(stems)
+    names = [f"{s}_{f.suffix.lstrip('.').lower()}" if counts[s] > 1 else s for s, f in zip(stems, files, strict=True)]
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        unique, k = name, 1
+        while unique in taken:
+            k += 1
+            unique = f"{name}_{k}"
+        taken.add(unique)
+        out.append(unique)
+    return out
+
+
+class PromptColors:
+    """A colour per prompt, from ``PALETTE`` in the order prompts are first seen (one map per run, as SOWLv2)."""
+
+    def __init__(self) -> None:
+        self._colors: dict[str, tuple[int, int, int]] = {}
+
+    def __call__(self, prompt: str) -> tuple[int, int, int]:
+        if prompt not in self._colors:
+            self._colors[prompt] = PALETTE[len(self._colors) % len(PALETTE)]
+        return self._colors[prompt]
 
 
 @dataclass(frozen=True)
@@ -67,69 +99,136 @@ class OutputOptions:
     merged: bool = True
 
 
-def prepare_output(root: Path, options: OutputOptions) -> None:
-    """Create the output folders (or fail with one line when ``root`` cannot be used)."""
-    if root.exists() and not root.is_dir():
-        raise UserError(f"output {root} exists and is not a folder; choose another --output")
-    dirs = []
-    for kind, enabled in ((BINARY, options.binary), (OVERLAY, options.overlay)):
-        if enabled:
-            dirs.append(root / kind / FRAMES)
-            if options.merged:
-                dirs.append(root / kind / MERGED)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output folder {root} ({e.strerror or e}); choose a writable --output") from None
+# ----------------------------------------------------------------------------------------------
+# Pixels
 
 
-def blend(image: np.ndarray, mask: np.ndarray, color: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
-    """``image`` with ``mask`` pixels replaced by ``0.5 * pixel + 0.5 * color`` (rounded down), as SOWLv2."""
-    out = image.copy() if out is None else out
-    ys, xs = np.nonzero(mask)
-    if len(ys):
-        px = out[ys, xs].astype(np.uint16)
-        out[ys, xs] = ((px + np.asarray(color, np.uint16)) >> 1).astype(np.uint8)
+def blend(pixels: np.ndarray, mask: np.ndarray, color: Sequence[int]) -> np.ndarray:
+    """Blend ``color`` into ``pixels`` (H x W x 3 uint8) where ``mask`` (H x W bool), in place:
+    ``floor((p + c) / 2)``, SOWLv2's ``0.5 * p + 0.5 * c`` truncated to uint8. Returns ``pixels``.
+
+    Branch-free over whole rows (the colour tiled along a row, the mask as 0x00/0xFF bytes per
+    channel, ``p ^ ((p ^ mixed) & select)``), in chunks of rows that stay in cache: numpy's loops
+    over a last axis of 3 and masked copies are several times slower."""
+    h, w = mask.shape
+    if not (h and w):
+        return pixels
+    tint = np.tile(np.asarray(color, np.uint8), w)
+    step = max(1, (1 << 20) // (3 * w))
+    for y in range(0, h, step):
+        rows = pixels[y : y + step].reshape(-1, 3 * w)  # a view while pixels' rows are contiguous
+        if not np.shares_memory(rows, pixels):
+            raise ValueError("blend needs pixels whose rows are contiguous")
+        m = mask[y : y + step].astype(bool, copy=False)
+        select = np.negative(np.stack([m, m, m], axis=-1).reshape(len(m), -1).view(np.uint8))  # 0xFF where masked
+        mixed = (rows & tint) + ((rows ^ tint) >> 1)  # the floor of the mean, in uint8 without overflow
+        np.bitwise_xor(rows, (rows ^ mixed) & select, out=rows)
+    return pixels
+
+
+def overlay_image(image: np.ndarray, masks: Sequence[np.ndarray], colors: Sequence[Sequence[int]]) -> np.ndarray:
+    """A copy of ``image`` with each mask blended in turn in its colour (SOWLv2's merged overlay)."""
+    out = image.copy()
+    for mask, color in zip(masks, colors, strict=True):
+        blend(out, mask, color)
     return out
 
 
-def _save_png(path: Path, array: np.ndarray) -> None:
+def mask_extent(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the rows and columns a mask touches (empty ranges for an empty mask)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return 0, 0, 0, 0
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _blend_edit(masks: Sequence[np.ndarray], extents: Sequence[tuple[int, int, int, int]],
+                colors: Sequence[Sequence[int]]) -> Callable[[np.ndarray, int], None]:
+    def edit(block: np.ndarray, top: int) -> None:
+        for mask, (y0, y1, x0, x1), color in zip(masks, extents, colors, strict=True):
+            a, b = max(y0, top), min(y1, top + len(block))  # the mask's rows within this band
+            if b > a:
+                blend(block[a - top : b - top, x0:x1], mask[a:b, x0:x1], color)
+
+    return edit
+
+
+def _mask_edit(masks: Sequence[np.ndarray]) -> Callable[[np.ndarray, int], None]:
+    def edit(block: np.ndarray, top: int) -> None:
+        rows = slice(top, top + len(block))
+        union = masks[0][rows].copy()
+        for m in masks[1:]:
+            np.logical_or(union, m[rows], out=union)
+        np.multiply(union.view(np.uint8), np.uint8(255), out=block)
+
+    return edit
+
+
+def _span(extents: Sequence[tuple[int, int, int, int]]) -> tuple[int, int]:
+    spans = [(y0, y1) for y0, y1, _, _ in extents if y1 > y0]
+    return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else (0, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def _write(path: Path, data: bytes) -> Path:
     try:
-        Image.fromarray(array).save(path, format="PNG", compress_level=1)
+        path.write_bytes(data)
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror or e}); check the --output folder") from None
+    return path
 
 
-def write_image_outputs(root: Path, stem: str, image: np.ndarray, result: Any, options: OutputOptions) -> list[Path]:
-    """Every PNG of one image (``result``: a ``runtime.Result``); returns the paths written."""
-    written: list[Path] = []
-    slugs = [prompt_slug(p) for p in result.prompts]
-    for i, (mask, label) in enumerate(zip(result.masks, result.labels, strict=True)):
-        name = f"{stem}_obj{i}_{slugs[int(label)]}"
-        if options.binary:
-            path = root / BINARY / FRAMES / f"{name}_mask.png"
-            _save_png(path, mask.astype(np.uint8) * np.uint8(255))
-            written.append(path)
-        if options.overlay:
-            path = root / OVERLAY / FRAMES / f"{name}_overlay.png"
-            _save_png(path, blend(image, mask, color_of(label)))
-            written.append(path)
-    if options.merged:
-        if options.binary:
-            union = np.any(result.masks, axis=0)  # (H, W) all False when there are no masks
-            path = root / BINARY / MERGED / f"{stem}_merged_mask.png"
-            _save_png(path, union.astype(np.uint8) * np.uint8(255))
-            written.append(path)
-        if options.overlay:
-            merged = image.copy()
-            for mask, label in zip(result.masks, result.labels, strict=True):
-                blend(merged, mask, color_of(label), out=merged)
-            path = root / OVERLAY / MERGED / f"{stem}_merged_overlay.png"
-            _save_png(path, merged)
-            written.append(path)
-    return written
+def image_jobs(dest: Path, frame: str, image: np.ndarray, masks: np.ndarray, labels: Sequence[str],
+               colors: Sequence[Sequence[int]], options: OutputOptions, object_ids: Sequence[int] | None = None
+               ) -> list[Callable[[], Path]]:
+    """The PNGs of one image (or video frame) as independent jobs, longest first; each writes one
+    file under ``dest`` and returns its path. Creates the folders they need; nothing for no masks.
+
+    ``masks``: (N, H, W) bool; ``labels``: each mask's prompt slug; ``colors``: each mask's colour;
+    ``object_ids``: the ``k`` of each mask (default 1..N)."""
+    n = len(masks)
+    if n == 0 or not (options.binary or options.overlay):
+        return []
+    ids = list(object_ids) if object_ids is not None else list(range(1, n + 1))
+    h, w = image.shape[:2]
+    extents = [mask_extent(m) for m in masks]
+    canvas = PngCanvas(image) if options.overlay else None
+    blank = PngCanvas.blank(h, w) if options.binary else None
+    jobs: list[Callable[[], Path]] = []
+    for kind, enabled in ((BINARY, options.binary), (OVERLAY, options.overlay)):
+        if enabled:
+            (dest / kind / FRAMES).mkdir(parents=True, exist_ok=True)
+            if options.merged:
+                (dest / kind / MERGED).mkdir(parents=True, exist_ok=True)
+    if options.merged and canvas is not None:
+        path = dest / OVERLAY / MERGED / f"{frame}_merged_overlay.png"
+        jobs.append(lambda p=path: _write(p, canvas.png(*_span(extents), _blend_edit(masks, extents, colors))))
+    if options.merged and blank is not None:
+        path = dest / BINARY / MERGED / f"{frame}_merged_mask.png"
+        jobs.append(lambda p=path: _write(p, blank.png(*_span(extents), _mask_edit(masks))))
+    for i in range(n):
+        name = f"{frame}_obj{ids[i]}_{labels[i]}"
+        one_mask, one_extent = [masks[i]], [extents[i]]
+        if canvas is not None:
+            path = dest / OVERLAY / FRAMES / f"{name}_overlay.png"
+            jobs.append(lambda p=path, m=one_mask, e=one_extent, c=[colors[i]]:
+                        _write(p, canvas.png(*_span(e), _blend_edit(m, e, c))))
+        if blank is not None:
+            path = dest / BINARY / FRAMES / f"{name}_mask.png"
+            jobs.append(lambda p=path, m=one_mask, e=one_extent: _write(p, blank.png(*_span(e), _mask_edit(m))))
+    return jobs
+
+
+def write_image_outputs(dest: Path, frame: str, image: np.ndarray, result: Any, options: OutputOptions,
+                        colors: PromptColors) -> list[Path]:
+    """Every PNG of one image (``result``: a ``runtime.Result``), on this thread; returns the paths."""
+    labels = [result.prompts[int(k)] for k in result.labels]
+    jobs = image_jobs(Path(dest), frame, image, result.masks, [prompt_slug(p) for p in labels],
+                      [colors(p) for p in labels], options)
+    return [job() for job in jobs]
 
 
 def coco_records(result: Any, image_id: int, file_name: str) -> list[dict[str, Any]]:
@@ -173,10 +272,137 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def write_detections(root: Path, rows: list[dict[str, Any]]) -> Path:
-    path = root / DETECTIONS_NAME
+    path = Path(root) / DETECTIONS_NAME
     text = json.dumps(rows, separators=(",", ":")) + "\n"
     try:
         write_atomic(path, lambda f: f.write(text.encode()))
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror or e}); check the --output folder") from None
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The output folder
+
+
+class StagedOutput:
+    """The output folder, written as a hidden sibling (``.NAME.partial-PID``) and renamed into place
+    by ``commit``: a failed run leaves the folder as it was. An existing folder that is not empty
+    is refused unless ``overwrite``; then ``commit`` replaces it as a whole."""
+
+    def __init__(self, root: str | os.PathLike, overwrite: bool = False) -> None:
+        self.root = Path(root).absolute()
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"output {root} exists and is not a folder; choose another --output")
+        if self.root.is_dir() and not overwrite:
+            held = sorted(p.name for p in self.root.iterdir())
+            if held:
+                raise UserError(f"output folder {root} is not empty (it holds {', '.join(held[:3])}"
+                                f"{', ...' if len(held) > 3 else ''}); pass --overwrite to replace it, or choose "
+                                "another --output")
+        self.path = self.root.parent / f".{self.root.name}.partial-{os.getpid()}"
+        try:
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True)
+        except OSError as e:
+            raise UserError(f"cannot create the output folder {root} ({e.strerror or e}); choose a writable "
+                            "--output") from None
+
+    def commit(self) -> Path:
+        old = self.root.parent / f".{self.root.name}.old-{os.getpid()}"
+        try:
+            if self.root.exists():
+                self.root.rename(old)
+            self.path.rename(self.root)
+        except OSError as e:
+            raise UserError(f"cannot move the results into {self.root} ({e.strerror or e}); they are in "
+                            f"{self.path}") from None
+        shutil.rmtree(old, ignore_errors=True)
+        return self.root
+
+    def abort(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class OutputWriter:
+    """Writes images' results into SOWLv2's tree: ``add`` queues an image's PNGs on ``workers``
+    threads and returns (waiting only while ``max_pending`` images are still being written, so
+    memory stays bounded); ``close`` waits for the rest, writes ``detections.json`` and renames the
+    folder into place; an error (or ``abort``) leaves the output folder as it was.
+
+        with OutputWriter("out", overwrite=False) as out:
+            out.add(image, pipe.predict(image, prompts), name="a.jpg", folder="a")   # folder "": OUT itself
+    """
+
+    def __init__(self, root: str | os.PathLike, options: OutputOptions = OutputOptions(), *, overwrite: bool = False,
+                 workers: int | None = None, max_pending: int = 2) -> None:
+        self.options = options
+        self.colors = PromptColors()
+        self.rows: list[dict[str, Any]] = []  # detections.json's, complete after close()
+        self.images = 0
+        self.files = 0
+        self._staged = StagedOutput(root, overwrite)
+        self._pool = ThreadPoolExecutor(workers or max(2, os.cpu_count() or 2), thread_name_prefix="write")
+        self._pending: deque[Future] = deque()  # per image: the future of its list of file futures
+        self._records: list[Future] = []
+        self._max_pending = max(1, max_pending)
+
+    @property
+    def root(self) -> Path:
+        return self._staged.root
+
+    def add(self, image: np.ndarray, result: Any, *, name: str, folder: str = "") -> None:
+        """Queue one image's outputs: ``name`` is its file name (``detections.json``, frame number),
+        ``folder`` its sub-folder of the output ("" for a single image). Returns at once: even the
+        planning (mask extents, RLE) runs on the pool."""
+        while len(self._pending) >= self._max_pending:
+            self._finish(self._pending.popleft())
+        self.images += 1
+        self._records.append(self._pool.submit(coco_records, result, self.images, name))
+        if not len(result):
+            return
+        labels = [result.prompts[int(k)] for k in result.labels]
+        colors = [self.colors(p) for p in labels]  # here: first-seen order is the order of the images
+        dest = self._staged.path / folder if folder else self._staged.path
+
+        def plan() -> list[Future]:
+            jobs = image_jobs(dest, frame_number(Path(name).stem), image, result.masks,
+                              [prompt_slug(p) for p in labels], colors, self.options)
+            return [self._pool.submit(job) for job in jobs]
+
+        self._pending.append(self._pool.submit(plan))
+
+    def _finish(self, planned: Future) -> None:
+        for f in planned.result():
+            f.result()
+            self.files += 1
+
+    def close(self) -> Path:
+        """Wait for every file, write ``detections.json`` (when anything was detected) and move the
+        folder into place; returns it."""
+        try:
+            while self._pending:
+                self._finish(self._pending.popleft())
+            self.rows = [row for f in self._records for row in f.result()]
+            if self.rows:
+                write_detections(self._staged.path, self.rows)
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.shutdown()
+        return self._staged.commit()
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+        self._staged.abort()
+
+    def __enter__(self) -> "OutputWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,40 +1,68 @@
-"""SOWLv2's video outputs, written while frames stream through the tracker (for ``python -m tools.infer``).
+"""SOWLv2's outputs of a video (``tools.infer``), written on a writer thread while the tracker runs.
 
-Layout (SOWLv2's names; ``id`` is the tracker's object id, from 1; frames are numbered from 1 with
-six digits; ``prompt`` as in ``tools.outputs.prompt_slug``)::
+The video is sampled at ``fps`` (SOWLv2's ``--fps``, default 24, as its ``ffmpeg -r``): output frame
+``j`` is the source frame on screen at time ``j / fps``, so the duration is kept — frames are dropped
+from a faster source and repeated from a slower one (a repeat is written again, not tracked again).
+Frames are numbered from 1 with six digits; ``id`` is the tracker's object id (from 1); ``prompt`` as
+``tools.outputs.prompt_slug``::
 
-    OUT/video/binary/{id}_mask.mp4         per object: its mask (white on black), from its first frame
-    OUT/video/overlay/{id}_overlay.mp4     per object: the frame with the mask blended in its prompt's colour
-    OUT/video/binary/merged_mask.mp4       every frame: the union of the masks
-    OUT/video/overlay/merged_overlay.mp4   every frame: every mask blended
-    with --save-frames, the per-frame PNGs of tools.outputs:
-    OUT/binary/frames/{frame:06d}_obj{id}_{prompt}_mask.png, OUT/binary/merged/{frame:06d}_merged_mask.png,
-    OUT/overlay/frames/{frame:06d}_obj{id}_{prompt}_overlay.png, OUT/overlay/merged/{frame:06d}_merged_overlay.png
-    OUT/tracks.json                        per object: id, prompt, first and last frame, frames present
+    binary/frames/{frame}_obj{id}_{prompt}_mask.png       every frame, every tracked object (0/255)
+    binary/merged/{frame}_merged_mask.png
+    overlay/frames/{frame}_obj{id}_{prompt}_overlay.png
+    overlay/merged/{frame}_merged_overlay.png
+    video/binary/obj{id}_{prompt}_mask.mp4                per object, from its first frame
+    video/overlay/obj{id}_{prompt}_overlay.mp4
+    video/binary/merged_mask.mp4, video/overlay/merged_overlay.mp4
+    tracks.json                                           per object: id, prompt, first/last frame, frames present
 
-Objects that start later (re-detection) get videos from their first frame on; a frame where an
-object is absent shows an empty mask. Videos are H.264 (libx264, yuv420p, CRF 18, no look-ahead so
-that dozens of open encoders stay small) at ``fps`` (the source's average rate unless --fps is
-given; a variable-rate source is written at constant rate, every frame once); a frame of odd width or
-height is padded by one black pixel, as yuv420p needs even sides. Nothing is held per frame: every
-output is appended as the frame arrives.
+As SOWLv2 (its README and tests): ``--no-binary``/``--no-overlay`` drop the PNG trees (the videos
+are written whatever those flags), ``--no-merged`` the merged PNGs and videos; ``frames=False``
+(``--no-frames``) drops every PNG. A frame without tracked objects writes nothing, and a video in
+which nothing is ever detected writes no file. Videos are H.264 (libx264, yuv420p, CRF 18, no
+look-ahead so that dozens of open encoders stay small); odd sides are padded by one black pixel.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import queue
+import shutil
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from runtime.errors import UserError
-from tools.outputs import (BINARY, FRAMES, MERGED, OVERLAY, OutputOptions, _save_png, blend, color_of, prompt_slug,
+from tools.outputs import (BINARY, OVERLAY, OutputOptions, PromptColors, blend, image_jobs, prompt_slug,
                            write_atomic)
+
+log = logging.getLogger("tools.video")
 
 VIDEO = "video"
 TRACKS_NAME = "tracks.json"
-DEFAULT_FPS = 30.0
+DEFAULT_FPS = 24.0  # SOWLv2's --fps
+
+
+def sampled(frames: Iterable[np.ndarray], source_fps: float | None, fps: float) -> Iterator[tuple[np.ndarray, int]]:
+    """``(frame, copies)`` of the source frames kept at ``fps``: source frame ``i`` (on screen from
+    ``i / source_fps``) stands for the output frames ``j`` with ``j / fps`` in its interval; frames
+    that stand for none are skipped. An unknown source rate keeps every frame once."""
+    if not source_fps:
+        yield from ((f, 1) for f in frames)
+        return
+    ratio = Fraction(fps).limit_denominator(1001) / Fraction(source_fps).limit_denominator(1001)
+    emitted = 0
+    for i, frame in enumerate(frames):
+        upto = math.ceil((i + 1) * ratio)
+        if upto > emitted:
+            yield frame, upto - emitted
+            emitted = upto
 
 
 class _Writer:
@@ -42,9 +70,9 @@ class _Writer:
 
     def __init__(self, path: Path, fps: float) -> None:
         import av
-        from fractions import Fraction
 
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.container = av.open(str(path), "w")
         except Exception as e:  # av.error.*: unwritable path or format
@@ -56,7 +84,7 @@ class _Writer:
         self.stream.pix_fmt = "yuv420p"
         self.size: tuple[int, int] | None = None
 
-    def write(self, rgb: np.ndarray) -> None:
+    def write(self, rgb: np.ndarray, copies: int = 1) -> None:
         import av
 
         h, w = rgb.shape[:2]
@@ -67,8 +95,10 @@ class _Writer:
             padded = np.zeros((*self.size, 3), np.uint8)
             padded[:h, :w] = rgb
             rgb = padded
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-            self.container.mux(packet)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        for _ in range(copies):
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
 
     def close(self) -> None:
         if self.container is None:
@@ -82,11 +112,25 @@ class _Writer:
             self.container = None
 
 
+def _gray_rgb(mask: np.ndarray) -> np.ndarray:
+    return np.repeat((mask.view(np.uint8) * np.uint8(255))[:, :, None], 3, axis=2)
+
+
+def _copy_as(path: Path, frames: Sequence[str]) -> Path:
+    """Copies of a frame's file under the numbers of its repeats (``000007_...`` -> ``000008_...``)."""
+    suffix = path.name[len(frames[0]):]
+    for f in frames[1:]:
+        shutil.copyfile(path, path.with_name(f + suffix))
+    return path
+
+
 class VideoOutputs:
-    """Append one tracked frame at a time to SOWLv2's video outputs; ``close`` finishes the files."""
+    """Tracked frames in, SOWLv2's video outputs out. ``write`` queues a frame (blocking while
+    ``queue_size`` frames wait) for the writer thread, which encodes the videos and hands the PNGs to
+    ``workers`` threads; ``close`` finishes every file and writes ``tracks.json``."""
 
     def __init__(self, root: Path, prompts: Sequence[str], fps: float, options: OutputOptions = OutputOptions(),
-                 save_frames: bool = False) -> None:
+                 frames: bool = True, workers: int | None = None, queue_size: int = 4) -> None:
         try:
             import av  # noqa: F401
         except ImportError:
@@ -94,159 +138,173 @@ class VideoOutputs:
         if not fps > 0:
             raise UserError(f"--fps must be positive, got {fps}")
         self.root, self.prompts, self.fps = Path(root), list(prompts), float(fps)
-        self.options, self.save_frames = options, save_frames
+        self.options, self.frames_png = options, frames
         self.slugs = [prompt_slug(p) for p in self.prompts]
+        self.colors = PromptColors()
         self._objects: dict[int, dict[str, Any]] = {}  # id -> writers and summary
         self._merged: dict[str, _Writer] = {}
-        self.frames = 0
-        dirs = []
-        for kind, enabled in ((BINARY, options.binary), (OVERLAY, options.overlay)):
-            if enabled:
-                dirs.append(self.root / VIDEO / kind)
-                if save_frames:
-                    dirs.append(self.root / kind / FRAMES)
-                    if options.merged:
-                        dirs.append(self.root / kind / MERGED)
-        if self.root.exists() and not self.root.is_dir():
-            raise UserError(f"output {self.root} exists and is not a folder; choose another --output")
-        try:
-            for d in [self.root, *dirs]:
-                d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create the output folder {self.root} ({e.strerror or e}); choose a writable --output") from None
+        self.frames = 0  # output frames
+        self._png_pool = ThreadPoolExecutor(workers or 2, thread_name_prefix="png")
+        self._png_jobs: deque[Future] = deque()
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
+        self._thread.start()
 
-    def _label_name(self, label: int) -> str:
-        return self.slugs[label] if 0 <= label < len(self.slugs) else "box"
-
-    def _object(self, oid: int, label: int, index: int) -> dict[str, Any]:
-        if oid not in self._objects:
-            obj = {"id": oid, "label": label, "prompt": self.prompts[label] if 0 <= label < len(self.prompts) else None,
-                   "first_frame": index + 1, "last_frame": index + 1, "frames_present": 0, "writers": {}}
-            if self.options.binary:
-                obj["writers"][BINARY] = _Writer(self.root / VIDEO / BINARY / f"{oid}_mask.mp4", self.fps)
-            if self.options.overlay:
-                obj["writers"][OVERLAY] = _Writer(self.root / VIDEO / OVERLAY / f"{oid}_overlay.mp4", self.fps)
-            self._objects[oid] = obj
-        return self._objects[oid]
-
-    def write(self, result: Any) -> None:
-        """One ``runtime.tracker.TrackedFrame`` (with its ``image``)."""
-        image = result.image
-        if image is None:
+    # -- the caller's side -------------------------------------------------------------------
+    def write(self, result: Any, copies: int = 1) -> None:
+        """Queue one ``runtime.tracker.TrackedFrame`` (with its ``image``), standing for ``copies`` output frames."""
+        if result.image is None:
             raise ValueError("TrackedFrame without its image: video outputs need the frame")
-        h, w = image.shape[:2]
-        stem = f"{result.index + 1:06d}"
-        union = np.zeros((h, w), bool)
-        merged = image.copy() if self.options.overlay and self.options.merged else None
-        for oid, label, mask, present in zip(result.object_ids.tolist(), result.labels.tolist(), result.masks,
-                                             result.present):
-            obj = self._object(oid, label, result.index)
-            obj["last_frame"] = result.index + 1
-            obj["frames_present"] += int(bool(present))
-            color = color_of(max(label, 0))
-            mask_img = mask.astype(np.uint8) * np.uint8(255)
-            overlay = blend(image, mask, color) if self.options.overlay else None
-            if BINARY in obj["writers"]:
-                obj["writers"][BINARY].write(np.repeat(mask_img[:, :, None], 3, axis=2))
-            if overlay is not None:
-                obj["writers"][OVERLAY].write(overlay)
-            if self.save_frames:
-                name = f"{stem}_obj{oid}_{self._label_name(label)}"
-                if self.options.binary:
-                    _save_png(self.root / BINARY / FRAMES / f"{name}_mask.png", mask_img)
-                if overlay is not None:
-                    _save_png(self.root / OVERLAY / FRAMES / f"{name}_overlay.png", overlay)
-            union |= mask
-            if merged is not None:
-                blend(merged, mask, color, out=merged)
-        if self.options.merged:
-            if self.options.binary:
-                merged_mask = union.astype(np.uint8) * np.uint8(255)
-                self._merged_writer(BINARY, "merged_mask.mp4").write(np.repeat(merged_mask[:, :, None], 3, axis=2))
-                if self.save_frames:
-                    _save_png(self.root / BINARY / MERGED / f"{stem}_merged_mask.png", merged_mask)
-            if merged is not None:
-                self._merged_writer(OVERLAY, "merged_overlay.mp4").write(merged)
-                if self.save_frames:
-                    _save_png(self.root / OVERLAY / MERGED / f"{stem}_merged_overlay.png", merged)
-        self.frames += 1
+        self._raise()
+        self._queue.put((result, copies))
+
+    def close(self) -> Path | None:
+        """Finish every file; returns the ``tracks.json`` written (None when nothing was tracked)."""
+        self._queue.put(None)
+        self._thread.join()
+        errors = [] if self._error is None else [str(self._error)]
+        for f in self._png_jobs:
+            try:
+                f.result()
+            except Exception as e:
+                errors.append(str(e))
+        self._png_pool.shutdown()
+        for writer in [w for o in self._objects.values() for w in o["writers"].values()] + list(self._merged.values()):
+            try:
+                writer.close()
+            except Exception as e:  # keep closing the others; report the first
+                errors.append(f"{writer.path}: {e}")
+        path = None
+        if self._objects:
+            tracks = [{k: v for k, v in o.items() if k != "writers"} for o in self._objects.values()]
+            path = self.root / TRACKS_NAME
+            text = json.dumps({"frames": self.frames, "fps": self.fps, "objects": tracks}, indent=1) + "\n"
+            try:
+                write_atomic(path, lambda f: f.write(text.encode()))
+            except OSError as e:
+                errors.append(f"{path}: {e.strerror or e}")
+        if errors:
+            raise UserError(f"could not finish {len(errors)} output file(s), first: {errors[0]}")
+        return path
+
+    @property
+    def objects(self) -> int:
+        return len(self._objects)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._write_now(*item)
+                except BaseException as e:  # reported to the caller by write()/close()
+                    self._error = e
+
+    def _object(self, oid: int, label: int, frame: int) -> dict[str, Any]:
+        if oid not in self._objects:
+            name = f"obj{oid}_{self.slugs[label] if 0 <= label < len(self.slugs) else 'box'}"
+            self._objects[oid] = {
+                "id": oid, "label": label, "prompt": self.prompts[label] if 0 <= label < len(self.prompts) else None,
+                "first_frame": frame, "last_frame": frame, "frames_present": 0,
+                "writers": {BINARY: _Writer(self.root / VIDEO / BINARY / f"{name}_mask.mp4", self.fps),
+                            OVERLAY: _Writer(self.root / VIDEO / OVERLAY / f"{name}_overlay.mp4", self.fps)}}
+        return self._objects[oid]
 
     def _merged_writer(self, kind: str, name: str) -> _Writer:
         if kind not in self._merged:
             self._merged[kind] = _Writer(self.root / VIDEO / kind / name, self.fps)
         return self._merged[kind]
 
-    def close(self) -> Path:
-        """Finish every video and write ``tracks.json``; returns its path."""
-        errors = []
-        for writer in [w for o in self._objects.values() for w in o["writers"].values()] + list(self._merged.values()):
-            try:
-                writer.close()
-            except Exception as e:  # keep closing the others; report the first
-                errors.append(f"{writer.path}: {e}")
-        tracks = [{k: v for k, v in o.items() if k != "writers"} for o in self._objects.values()]
-        path = self.root / TRACKS_NAME
-        text = json.dumps({"frames": self.frames, "fps": self.fps, "objects": tracks}, indent=1) + "\n"
-        try:
-            write_atomic(path, lambda f: f.write(text.encode()))
-        except OSError as e:
-            errors.append(f"{path}: {e.strerror or e}")
-        if errors:
-            raise UserError(f"could not finish {len(errors)} output file(s), first: {errors[0]}")
-        return path
-
-    def __enter__(self) -> "VideoOutputs":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def write_video_outputs(results: Iterable[Any], root: Path, prompts: Sequence[str], fps: float,
-                        options: OutputOptions = OutputOptions(), save_frames: bool = False,
-                        total: int | None = None, progress: bool = True) -> int:
-    """Consume ``results`` (TrackedFrames) into the outputs, with a progress bar on stderr; returns the
-    number of frames written. On an error mid-stream (a truncated video) the outputs written so far
-    are finished (valid videos of the frames before the break) before the error propagates."""
-    from tqdm import tqdm
-
-    with VideoOutputs(root, prompts, fps, options, save_frames) as out, \
-            tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="tracking") as bar:
-        for result in results:
-            out.write(result)
-            bar.update(1)
-            bar.set_postfix(objects=len(result), refresh=False)
-    return out.frames
+    def _write_now(self, result: Any, copies: int) -> None:
+        first = self.frames + 1
+        self.frames += copies
+        if not len(result):
+            return
+        image = result.image
+        labels = result.labels.tolist()
+        names = [self.slugs[k] if 0 <= k < len(self.slugs) else "box" for k in labels]
+        colors = [self.colors(self.prompts[k] if 0 <= k < len(self.prompts) else "box") for k in labels]
+        merged = image.copy() if self.options.merged else None
+        for oid, label, mask, present, color in zip(result.object_ids.tolist(), labels, result.masks,
+                                                    result.present.tolist(), colors, strict=True):
+            obj = self._object(oid, label, first)
+            obj["last_frame"] = self.frames
+            obj["frames_present"] += copies * int(bool(present))
+            obj["writers"][BINARY].write(_gray_rgb(mask), copies)
+            obj["writers"][OVERLAY].write(blend(image.copy(), mask, color), copies)
+            if merged is not None:
+                blend(merged, mask, color)
+        if merged is not None:
+            self._merged_writer(BINARY, "merged_mask.mp4").write(_gray_rgb(np.any(result.masks, axis=0)), copies)
+            self._merged_writer(OVERLAY, "merged_overlay.mp4").write(merged, copies)
+        if self.frames_png:
+            numbers = [f"{j:06d}" for j in range(first, self.frames + 1)]
+            jobs = image_jobs(self.root, numbers[0], image, result.masks, names, colors, self.options,
+                              object_ids=result.object_ids.tolist())
+            while len(self._png_jobs) > 4 * max(len(jobs), 1):  # bounded: the PNGs of a few frames
+                self._png_jobs.popleft().result()
+            for job in jobs:
+                self._png_jobs.append(self._png_pool.submit(
+                    (lambda j=job: _copy_as(j(), numbers)) if copies > 1 else job))
 
 
 def run_video(pipe: Any, path: Path, prompts: Sequence[str], out: Path, *, options: OutputOptions = OutputOptions(),
-              fps: float | None = None, redetect_every: int | None = None, threshold: float | None = None,
-              save_frames: bool = False, progress: bool = True, **tracker_options) -> dict[str, Any]:
-    """The video branch of ``python -m tools.infer``: track ``prompts`` through the video at ``path``
-    with ``pipe`` (a ``runtime.Pipeline``: its artifact, backend, precision, OWLv2 detector and prompt
-    template) and write SOWLv2's video outputs under ``out``. Returns a summary.
+              fps: float = DEFAULT_FPS, redetect_every: int | None = None, threshold: float | None = None,
+              frames: bool = True, progress: bool = True, workers: int | None = None,
+              **tracker_options) -> dict[str, Any]:
+    """The video branch of ``tools.infer``: sample the video at ``path`` at ``fps``, track
+    ``prompts`` through it with ``pipe`` (a ``runtime.Pipeline``: its artifact, backend, precision,
+    OWLv2 detector and prompt template) and write SOWLv2's video outputs into the folder ``out``.
+    Returns a summary.
 
     A truncated video: the frames before the break are tracked and written, the outputs finished,
     then the ``VideoReadError`` propagates (the CLI prints it as one line).
     """
-    import logging
+    from tqdm import tqdm
 
     from runtime.tracker import Sam2Tracker, track
     from runtime.video_io import open_frames
 
-    log = logging.getLogger("tools.video")
     with open_frames(path) as source:
-        if fps is None:
-            fps = source.info.fps
-            if fps is None:
-                fps = DEFAULT_FPS
-                log.warning("%s: no frame rate known; writing videos at %g fps (set one with --fps)", path, fps)
+        source_fps = source.info.fps
+        if source_fps is None:
+            log.warning("%s: no frame rate known; every frame is kept, videos written at %g fps", path, fps)
+        copies: deque[int] = deque()
+
+        def kept() -> Iterator[np.ndarray]:
+            for frame, n in sampled(source, source_fps, fps):
+                copies.append(n)
+                yield frame
+
+        total = source.info.num_frames
+        if total and source_fps:
+            total = math.ceil(total * Fraction(fps).limit_denominator(1001) / Fraction(source_fps).limit_denominator(1001))
+        outputs = VideoOutputs(out, prompts, fps, options, frames, workers)
         # closed on the way out, as in Pipeline.track: the tracker's CUDA streams (TensorRT) with it
-        with Sam2Tracker.open(pipe.manifest, pipe.backend, pipe.precision, **tracker_options) as tracker:
-            t = pipe.default_threshold if threshold is None else float(threshold)
-            queries = pipe.texts(list(prompts))
-            frames = write_video_outputs(track(source, tracker, pipe.owl, queries, redetect_every=redetect_every,
-                                               threshold=t), out, prompts, fps, options, save_frames,
-                                         total=source.info.num_frames, progress=progress)
-    return {"frames": frames, "objects": tracker.next_id - 1, "fps": fps,
+        try:
+            with Sam2Tracker.open(pipe.manifest, pipe.backend, pipe.precision, **tracker_options) as tracker, \
+                    tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="tracking") as bar:
+                t = pipe.default_threshold if threshold is None else float(threshold)
+                for result in track(kept(), tracker, pipe.owl, pipe.texts(list(prompts)), redetect_every=redetect_every,
+                                    threshold=t):
+                    n = copies.popleft()
+                    outputs.write(result, n)
+                    bar.update(n)
+                    bar.set_postfix(objects=len(result), refresh=False)
+        except BaseException:
+            try:
+                outputs.close()  # the frames before the error, finished
+            except UserError as e:
+                log.warning("%s", e)
+            raise
+        outputs.close()
+    return {"frames": outputs.frames, "objects": outputs.objects, "fps": fps, "source_fps": source_fps,
             "stage_ms_per_frame": tracker.timer.per_frame_ms()}

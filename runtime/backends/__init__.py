@@ -8,8 +8,12 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from runtime.backends.feeds import check_feeds
 from runtime.graphs import GraphSpec
 from runtime.manifest import FLAVOURS, ONNXRUNTIME, Manifest
+
+
+__all__ = ["GraphRunner", "check_feeds", "close_graphs", "recording_opener", "onnxruntime_opener", "run_or_queue"]
 
 
 class GraphRunner(Protocol):
@@ -18,16 +22,6 @@ class GraphRunner(Protocol):
     spec: GraphSpec
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
-def check_feeds(spec: GraphSpec, feeds: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the missing and unexpected inputs when ``feeds`` are not
-    exactly the inputs of ``spec`` (every backend's ``run``/``enqueue`` checks this first)."""
-    names = spec.input_names
-    missing = [n for n in names if n not in feeds]
-    extra = [n for n in feeds if n not in names]
-    if missing or extra:
-        raise ValueError(f"{spec.name}: missing inputs {missing}, unexpected inputs {extra}")
 
 
 def call_all(steps: Iterable[Callable[[], object]], raise_first: bool = True) -> list[BaseException]:

@@ -8,7 +8,6 @@ events, graphs) are opaque; memory is an integer address.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal, Protocol
 
 from runtime.errors import DeviceFault, UserError
@@ -97,14 +96,3 @@ class CudaRuntime(Protocol):
 
     def peek_error(self) -> str:
         """The name of the last error a runtime call produced on this thread (not cleared)."""
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_bindings() -> CudaRuntime:
-    """The CUDA runtime through cuda-bindings (``cuda.bindings.runtime``), or a UserError saying what is missing."""
-    try:
-        from runtime.backends.cudart import CudaBindings
-    except (ImportError, RuntimeError, OSError) as e:  # cuda-python < 12.9 raises RuntimeError without a driver
-        raise UserError(f"the tensorrt backend needs cuda-python >= {MIN_CUDA_PYTHON} for cuda.bindings.runtime "
-                        f"({' '.join(str(e).split())}); {INSTALL_HINT}") from None
-    return CudaBindings()

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from runtime.backends import check_feeds
+from runtime.backends.feeds import check_feeds
 from runtime.errors import UserError
 from runtime.graphs import GraphSpec
 
@@ -41,7 +41,8 @@ class OrtGraph:
     ``disable_qdq_fusion`` runs Q/DQ graphs as written (fake-quantised in float) instead of fusing
     them into MLAS integer kernels: how the portable INT8 graphs, written for TensorRT, are checked
     (on x86 CPUs without VNNI the fused kernels saturate, with 5-10x the error of the graph as
-    written). ONNX Runtime's own INT8 flavour runs fused: that is its point.
+    written: an object-score cosine of -0.84 on the tiny SAM2 decoder). ONNX Runtime's own INT8
+    flavour runs fused: that is its point.
     """
 
     def __init__(

@@ -4,16 +4,9 @@ Nothing here imports tensorrt or cuda-python at module level: the pure-Python ha
 names, manifest records, their verification against the running TensorRT and GPU) works and is
 tested anywhere; the other half imports them on first use and says what is missing if it cannot.
 CUDA calls go through ``runtime.backends.cuda.CudaRuntime`` (cuda-bindings by default).
-
-Stream policy. A graph has one execution context per stream (per shape bucket with CUDA graphs),
-with device buffers at the profile maxima and pinned host buffers for what the host writes or
-reads, made by ``prepare`` at load. ``enqueue`` marks the previous call's handles on that stream
-stale before writing anything, waits (host) for its own previous call and (device) for other
-streams' copies of its outputs, then queues copies, ``execute_async_v3`` (or a graph launch) and
-an event. ``Pending.outputs`` waits on that event only; ``Pending.device`` hands an output to
-another graph, whose stream waits on the event and copies device to device. Closing waits for a
-binding's last call and its readers before freeing, frees everything it can, raises the first
-failure. CUDA failures after loading are ``DeviceFault``s (the run stops).
+The stream policy (execution context per stream, buffers sized from the profile maxima, events
+between streams, device hand-offs, CUDA graphs): docs/ARCHITECTURE.md ("Backends and their stream
+policy").
 """
 
 from __future__ import annotations
@@ -30,10 +23,22 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from runtime.backends import call_all, check_feeds
-from runtime.backends.cuda import INSTALL_HINT, CudaError, CudaRuntime, CopyKind, cuda_bindings
+from runtime.backends.cuda import INSTALL_HINT, MIN_CUDA_PYTHON, CudaError, CudaRuntime, CopyKind
 from runtime.errors import ArtifactError, DeviceFault, UserError, one_line
 from runtime.graphs import GraphSpec
 from runtime.manifest import Manifest
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_bindings() -> CudaRuntime:
+    """The CUDA runtime through cuda-bindings (``cuda.bindings.runtime``), or a UserError saying what is missing."""
+    try:
+        from runtime.backends.cudart import CudaBindings
+    except (ImportError, RuntimeError, OSError) as e:  # cuda-python < 12.9 raises RuntimeError without a driver
+        raise UserError(f"the tensorrt backend needs cuda-python >= {MIN_CUDA_PYTHON} for cuda.bindings.runtime "
+                        f"({' '.join(str(e).split())}); {INSTALL_HINT}") from None
+    return CudaBindings()
+
 
 if TYPE_CHECKING:
     import tensorrt as trt

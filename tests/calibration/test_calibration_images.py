@@ -112,3 +112,32 @@ def test_unreadable_folder(tmp_path, make_image):
         assert_one_line(e, "not readable")
     finally:
         (tmp_path / "locked").chmod(0o755)
+
+
+# the minimum ``python -m export.build --help`` states for --calib-count ("at least 4")
+STATED_MINIMUM = 4
+
+
+def test_the_minimum_is_exactly_the_stated_one(tmp_path, make_image):
+    """At the boundary: the stated minimum of readable images calibrates, one fewer is refused, both
+    for a folder with unreadable files and for --calib-count itself."""
+    import argparse
+
+    from export.build import check_requests
+
+    write_images(tmp_path / "enough", make_image, STATED_MINIMUM)
+    write_images(tmp_path / "short", make_image, STATED_MINIMUM - 1)
+    for folder in (tmp_path / "enough", tmp_path / "short"):
+        for i in range(3):
+            (folder / f"bad_{i}.png").write_text("x")
+    assert len(read_calibration_images(tmp_path / "enough", count=8, progress=False).paths) == STATED_MINIMUM
+    short = f"only {STATED_MINIMUM - 1} of {STATED_MINIMUM - 1 + 3} images .* at least {STATED_MINIMUM}"
+    with pytest.raises(UserError, match=short):
+        read_calibration_images(tmp_path / "short", count=8, progress=False)
+
+    def args(count):
+        return argparse.Namespace(int8=True, calib_dir=tmp_path, calib_count=count, engines="skip")
+
+    check_requests(args(STATED_MINIMUM))
+    with pytest.raises(UserError, match=f"--calib-count {STATED_MINIMUM - 1} is too few"):
+        check_requests(args(STATED_MINIMUM - 1))

@@ -115,3 +115,28 @@ def test_calibration_key_names_what_the_ranges_depend_on(manifest, inputs, tmp_p
     assert calibration_key(SAM2_DECODER.name, shas, inputs2, "entropy") != key
     assert calibration_key("owl_text", shas, inputs2, "entropy") == calibration_key("owl_text", shas, inputs, "entropy")
     assert calibration_key(SAM2_DECODER.name, shas, inputs, "max") != key
+
+
+def test_a_changed_graph_is_never_calibrated_from_the_cache(manifest, inputs, tmp_path):
+    """One byte of ``owl_image.onnx`` changed (a re-export with other weights): the cached ranges of it
+    and of every graph whose inputs it makes are missed; those of a graph it does not feed still hit."""
+    import shutil
+
+    from calibration.cache import ScaleCache
+
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for name in UPSTREAM:
+        shutil.copyfile(manifest.root / f"{name}.onnx", changed / f"{name}.onnx")
+    data = bytearray((changed / "owl_image.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (changed / "owl_image.onnx").write_bytes(data)
+    before = {n: graph_digest(manifest.root, n) for n in UPSTREAM}
+    after = {n: graph_digest(changed, n) for n in UPSTREAM}
+    cache = ScaleCache(tmp_path / "new", [tmp_path / "old"])
+    for name in UPSTREAM:
+        old_key, new_key = (calibration_key(name, shas, inputs, "entropy") for shas in (before, after))
+        ScaleCache(tmp_path / "old").store(name, old_key, {"t": 0.5}, method="entropy", fallback=None, seconds=0.0, runs=1)
+        fed = name == OWL_IMAGE.name or OWL_IMAGE.name in UPSTREAM[name]
+        assert (cache.lookup(name, new_key) is None) == fed, name
+        assert cache.lookup(name, old_key) is not None, name

@@ -39,13 +39,28 @@ def test_preprocessing_and_sizes_come_from_the_checkpoint(tiny_artifact):
     assert (tiny_artifact / "tokenizer" / "tokenizer.json").is_file()
 
 
+def test_tokenizer_longer_than_the_text_tower_is_refused_naming_both(tiny_checkpoints):
+    """Owlv2Processor pads every prompt to model_max_length: past max_position_embeddings the reference
+    itself fails, so the export refuses, in one line naming both values."""
+    from export.models import load_owl
+    from export.owl import owl_sizes
+    from runtime.errors import UserError
+
+    owl = load_owl(str(tiny_checkpoints.owl))
+    assert owl_sizes(owl)["owl_text_length"] == 16
+    owl.processor.tokenizer.model_max_length = 20
+    with pytest.raises(UserError, match="pads prompts to 20 tokens .* has 16 positions") as e:
+        owl_sizes(owl)
+    assert "\n" not in str(e.value)
+
+
 def test_every_registered_graph_has_export_parity_at_two_sizes(tiny_artifact):
     """Fails when a graph is registered in runtime.graphs without an export that proves parity."""
     rows = json.loads((tiny_artifact / PARITY_NAME).read_text())["fp32"]["rows"]
     for name, spec in IMAGE_GRAPHS.items():
         mine = [r for r in rows if r["graph"] == name]
         assert mine, f"graph {name} has no export parity rows"
-        assert {r["output"] for r in mine} == set(spec.output_names)
+        assert {r["output"] for r in mine} == set(spec.with_candidates().output_names)  # candidates: parity only
         assert all(r["passed"] for r in mine)
         for dim in spec.dynamic_dims:
             assert len({r["dims"][dim] for r in mine}) >= 2, f"{name}: {dim} checked at one size only"

@@ -153,7 +153,10 @@ def test_precision_entries_in_the_manifest(tiny_precision_artifact):
                 assert sha256_file(tiny_precision_artifact / f["path"]) == f["sha256"]
             assert m.graph_path(name, p).is_file()
         assert rec["files"]["fp16"]["files"][0]["path"] == graph_file_name(name, "fp16")
-        assert rec["files"]["fp16"]["kept_fp32"]["nodes"] > 0 and rec["files"]["fp16"]["kept_fp32"]["why"]
+        kept = rec["files"]["fp16"]["kept_fp32"]
+        fp32 = onnx.load(str(tiny_precision_artifact / graph_file_name(name, "fp32")), load_external_data=False)
+        assert kept["nodes"] == len(nodes_kept_fp32(fp32, policy_for(name))) and kept["why"], name
+        assert kept["nodes"] > 0 or GRAPHS[name].video, name  # a video graph may have nothing its policy keeps
         int8 = rec["files"]["int8"]
         if name in INT8_KEEP_FP16:
             assert int8["precision"] == "fp16" and int8["kept_higher_precision"] == INT8_KEEP_FP16[name]
@@ -178,7 +181,7 @@ def test_parity_sections_per_precision(tiny_precision_artifact):
             if name not in m.graphs:
                 continue
             mine = [r for r in rows if r["graph"] == name]
-            assert {r["output"] for r in mine} == set(spec.output_names), (p, name)
+            assert {r["output"] for r in mine} == set(spec.with_candidates().output_names), (p, name)
             assert all(r["cosine"] >= PRECISION_ACCEPTANCE[p].min_cosine for r in mine), (p, name)
         assert {r["inputs"] for r in rows} == ({"random"} if p == "fp16" else {"calibration"})
 
@@ -191,6 +194,8 @@ def test_no_intermediate_files(tiny_precision_artifact):
 
 def test_rerun_with_the_same_inputs_reuses_the_calibration(tiny_precision_artifact, tiny_checkpoints, calibration_dir,
                                                           tmp_path):
+    """Re-exported over a copy of the ``--video`` artifact, without ``--video``: the image graphs' cached
+    ranges are reused and their INT8 files come out the same."""
     from export.build import main
 
     out = tmp_path / "again"
@@ -250,3 +255,128 @@ def test_bad_calibration_folder_is_a_one_line_error_and_writes_nothing(run_build
 ])
 def test_bad_precision_flags(run_build, one_error_line, args, fragment):
     one_error_line(run_build(*args), fragment)
+
+
+# --- SAM2's discrete choices: candidates compared, flips counted apart ----------------------------
+@pytest.fixture(scope="module")
+def decoder_export(tiny_checkpoints):
+    """The tiny SAM2 checkpoint's sam2_decoder as ``export.build`` exports it (module and example inputs)."""
+    from export.models import load_sam
+    from export.sam2 import sam2_graph_exports, sam2_sizes
+
+    sam = load_sam(str(tiny_checkpoints.sam))
+    return {g.spec.name: g for g in sam2_graph_exports(sam, sam2_sizes(sam))}[SAM2_DECODER.name]
+
+
+def test_shipped_decoder_has_its_candidates_as_named_tensors_not_outputs(tiny_artifact):
+    model = onnx.load(str(tiny_artifact / graph_file_name(SAM2_DECODER.name, "fp32")), load_external_data=False)
+    assert [o.name for o in model.graph.output] == SAM2_DECODER.output_names  # engines and the runtime see these
+    produced = {o for node in model.graph.node for o in node.output}
+    assert {t.name for t in SAM2_DECODER.candidates} <= produced
+
+
+def _broken(src: Path, dst: Path, edit) -> Path:
+    model = onnx.load(str(src))
+    edit(model)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _scale_weight(name_part: str, factor: float):
+    def edit(model):
+        (t,) = [t for t in model.graph.initializer if name_part in t.name]
+        w = onnx.numpy_helper.to_array(t)
+        t.CopyFrom(onnx.numpy_helper.from_array((w * factor).astype(w.dtype), t.name))
+    return edit
+
+
+def _shift_iou_prediction(token: int, shift: float):
+    def edit(model):
+        (t,) = [t for t in model.graph.initializer if t.name.endswith("iou_prediction_head.proj_out.bias")]
+        b = onnx.numpy_helper.to_array(t).copy()
+        b[token] += shift
+        t.CopyFrom(onnx.numpy_helper.from_array(b, t.name))
+    return edit
+
+
+def _invert_stability_choice(model):
+    """``stability >= threshold`` -> ``<``: every box takes the other candidate."""
+    consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant"} | {t.name for t in model.graph.initializer}
+    (node,) = [n for n in model.graph.node if n.op_type == "GreaterOrEqual" and n.input[1] in consts]
+    node.op_type = "Less"
+
+
+def test_decoder_precision_gate_tells_a_broken_graph_from_a_sound_one(tiny_artifact, decoder_export, tmp_path):
+    """The FP16 decoder passes (its flips, if any, at ties); the same graph with one weight of the
+    mask hypernetwork scaled fails on that candidate; with one mask token's predicted IoU raised by
+    0.1, every cosine passes but the best-of-three choice flips where the reference was no tie
+    (rejected flips); with its stability choice inverted, every candidate passes but the chosen mask
+    fails, since the reference chooses as the graph's own candidates say."""
+    from export.precision import _random_runs, precision_parity, rejected_flips
+
+    acc = PRECISION_ACCEPTANCE["fp16"]
+    fp32 = tiny_artifact / graph_file_name(SAM2_DECODER.name, "fp32")
+    runs = _random_runs(decoder_export, seed=0)
+    sound = convert_fp16(fp32, tmp_path / "sound.fp16.onnx", SAM2_DECODER).files[0]
+    rows, flips = precision_parity(decoder_export, sound, "fp16", runs, acc)
+    assert all(r.passed for r in rows) and not rejected_flips(flips)
+    assert {r.output for r in rows} == set(SAM2_DECODER.with_candidates().output_names)
+
+    weights = _broken(sound, tmp_path / "weights.onnx", _scale_weight("output_hypernetworks_mlps.0.proj_out.bias", 3.0))
+    rows, _ = precision_parity(decoder_export, weights, "fp16", runs, acc)
+    failed = {r.output for r in rows if not r.passed}
+    assert "candidate_mask_logits" in failed, failed
+
+    iou = _broken(sound, tmp_path / "iou.onnx", _shift_iou_prediction(2, 0.1))
+    rows, flips = precision_parity(decoder_export, iou, "fp16", runs, acc)
+    assert all(r.passed for r in rows)
+    bad = rejected_flips(flips)
+    assert bad and all(f.margin > acc.flip_margins[f.choice] for f in bad), flips
+
+    choice = _broken(sound, tmp_path / "choice.onnx", _invert_stability_choice)
+    rows, flips = precision_parity(decoder_export, choice, "fp16", runs, acc)
+    failed = {r.output for r in rows if not r.passed}
+    assert failed == {"mask_logits", "iou_scores"}, failed
+    assert not flips  # the candidates agree: the graph chose against them
+
+
+def test_flips_are_replayed_on_the_reference_and_judged_by_its_margin(decoder_export):
+    """A single-mask logit nudged across +delta where the reference's stability score sits exactly on
+    the threshold flips that box's choice at margin 0 (a tie), and the reference is then chosen as the
+    graph chose; a box made perfectly stable where the reference is unstable flips far from a tie."""
+    import torch
+
+    from export.parity import replay_choices
+    from runtime.graphs import STABILITY
+
+    module = decoder_export.module
+    md = module.mask_decoder
+    feeds = decoder_export.make_inputs({"batch": 1, "num_boxes": 3}, np.random.default_rng(3))
+    ref = decoder_export.torch_outputs(feeds)
+    limit = PRECISION_ACCEPTANCE["fp16"].flip_margins[STABILITY]
+
+    margins = module.margins({k: torch.from_numpy(v) for k, v in ref.items()})[STABILITY][0].numpy()
+    picks = module.decide({k: torch.from_numpy(v) for k, v in ref.items()})[STABILITY][0, :, 0].numpy()
+    far = [i for i in range(3) if not picks[i] and margins[i] > limit]
+    assert far, (picks, margins)
+    got = {k: v.copy() for k, v in ref.items()}
+    got["candidate_mask_logits"][0, far[0], 0] = 10.0  # stability 1: stable
+    _, flips = replay_choices(decoder_export, ref, got)
+    assert flips == [(STABILITY, [0, far[0]], pytest.approx(float(margins[far[0]])))]
+
+    stability, _ = module._stability(torch.from_numpy(ref["candidate_mask_logits"][:, :, 0:1]))
+    thresh = md.dynamic_multimask_stability_thresh
+    md.dynamic_multimask_stability_thresh = float(stability[0, 0, 0])  # box 0 exactly on the threshold: stable
+    try:
+        unchanged, none = replay_choices(decoder_export, ref, ref)
+        assert none == []
+        got = {k: v.copy() for k, v in ref.items()}
+        single = got["candidate_mask_logits"][0, 0, 0]
+        single[tuple(np.argwhere(single > md.dynamic_multimask_stability_delta)[0])] = 0.0  # one pixel less: unstable
+        chosen, flips = replay_choices(decoder_export, ref, got)
+    finally:
+        md.dynamic_multimask_stability_thresh = thresh
+    assert flips == [(STABILITY, [0, 0], 0.0)]
+    best = int(np.argmax(ref["candidate_iou_scores"][0, 0, 1:])) + 1
+    np.testing.assert_array_equal(chosen["mask_logits"][0, 0, 0], ref["candidate_mask_logits"][0, 0, best])
+    np.testing.assert_array_equal(chosen["mask_logits"][0, 1:], unchanged["mask_logits"][0, 1:])

@@ -27,7 +27,7 @@ SEED = 0
 
 
 def tiny_sam2_config(image_size: int = IMAGE_SIZE, **decoder_overrides: Any):
-    """A ~120k-parameter ``Sam2Config`` (NOTES.md): Hiera hidden 8, four stages, FPN/decoder width 32.
+    """A ~120k-parameter ``Sam2Config``: Hiera hidden 8, four stages, FPN/decoder width 32.
 
     Constraints: backbone hidden = first stage dim; FPN, prompt-encoder and decoder widths equal and
     divisible by 8; prompt-encoder image / patch = the smallest feature map; a global-attention block
@@ -136,7 +136,7 @@ def _reference(model, pixels: torch.Tensor, boxes: torch.Tensor, multimask: bool
 def _wrapped(model, pixels: torch.Tensor, boxes: torch.Tensor, multimask: bool):
     with torch.inference_mode():
         feats = Sam2Image(model)(pixels)
-        return Sam2Decoder(model, multimask=multimask)(*feats, boxes)
+        return Sam2Decoder(model, multimask=multimask)(*feats, boxes)[: len(SAM2_DECODER.outputs)]
 
 
 def _inputs(batch: int, num_boxes: int, seed: int):
@@ -158,11 +158,11 @@ def test_sizes_come_from_the_config(tiny_sam):
     sizes = sam2_sizes(tiny_sam)
     assert sizes == {
         "sam_image_size": 64, "sam_embed_dim": 32, "sam_embed_size": 4, "sam_feat0_dim": 4, "sam_feat0_size": 16,
-        "sam_feat1_dim": 8, "sam_feat1_size": 8, "sam_mask_size": 16, "sam_num_multimask": 3,
+        "sam_feat1_dim": 8, "sam_feat1_size": 8, "sam_mask_size": 16, "sam_num_multimask": 3, "sam_num_mask_tokens": 4,
         "channels": 3, "one": 1, "box_coords": 4,
     }
     # every static dim the SAM2 specs name is provided
-    named = {d for g in SAM2_GRAPHS for t in g.inputs + g.outputs for d in t.shape}
+    named = {d for g in SAM2_GRAPHS for t in g.inputs + g.outputs + g.candidates for d in t.shape}
     assert named - set(DYNAMIC_DIMS) <= set(sizes)
 
 

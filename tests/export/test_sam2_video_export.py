@@ -144,7 +144,7 @@ def test_prompt_decoder_and_pointer_equal_reference(video_model, reference):
         assert kw["input_labels"].tolist() == [[[2, 3]]], "a box reaches the video model as points 2, 3"
         feat0, feat1, embed = kw["image_embeddings"]
         with torch.inference_mode():
-            masks, iou, obj, token = decoder(embed, feat0, feat1, kw["input_points"].reshape(1, 1, 4))
+            masks, iou, obj, token, *_candidates = decoder(embed, feat0, feat1, kw["input_points"].reshape(1, 1, 4))
             ptr = pointer(token[0], obj[0])
         assert _max_abs(masks, d["pred_masks"]) <= ATOL
         assert _max_abs(obj, d["object_score_logits"]) <= ATOL
@@ -165,7 +165,7 @@ def test_track_decoder_and_pointer_equal_reference(video_model, reference):
         assert kw["multimask_output"] and kw["input_masks"] is None
         feat0, feat1, conditioned = kw["image_embeddings"]
         with torch.inference_mode():
-            masks, iou, obj, token = decoder(conditioned, feat0, feat1)
+            masks, iou, obj, token, *_candidates = decoder(conditioned, feat0, feat1)
             ptr = pointer(token, obj)
         best_iou = d["iou_scores"].reshape(-1).max()
         worst = max(worst, _max_abs(masks, d["pred_masks"]), _max_abs(obj, d["object_score_logits"]),
@@ -175,11 +175,11 @@ def test_track_decoder_and_pointer_equal_reference(video_model, reference):
 
 def test_gates_and_no_object_pointer():
     """Objects with a score <= 0: masks -1024 and the learnt no-object pointer (the reference's gate)."""
-    from export.sam2_video import _gate
+    from export.sam2 import gate_absent
 
     masks = torch.randn(3, 1, 4, 4)
     scores = torch.tensor([[0.5], [-0.5], [0.0]])
-    gated = _gate(masks, scores)
+    gated = gate_absent(masks, scores > 0)
     assert torch.equal(gated[0], masks[0]) and (gated[1:] == NO_OBJ_SCORE).all()
 
 
@@ -273,7 +273,7 @@ def test_video_artifact_has_every_graph_with_parity_at_two_sizes(tiny_video_arti
     rows = json.loads((tiny_video_artifact / PARITY_NAME).read_text())["fp32"]["rows"]
     for spec in SAM2_VIDEO_GRAPHS:
         mine = [r for r in rows if r["graph"] == spec.name]
-        assert {r["output"] for r in mine} == set(spec.output_names)
+        assert {r["output"] for r in mine} == set(spec.with_candidates().output_names)
         assert all(r["passed"] for r in mine), [r for r in mine if not r["passed"]]
         for dim in spec.dynamic_dims:
             assert len({r["dims"][dim] for r in mine}) >= 2, f"{spec.name}: {dim} checked at one size only"
@@ -283,3 +283,19 @@ def test_video_artifact_has_every_graph_with_parity_at_two_sizes(tiny_video_arti
     att = [r for r in rows if r["graph"] == "sam2_memory_attention"]
     assert {r["dims"]["num_memories"] for r in att} >= {1, 7} and {r["dims"]["num_pointers"] for r in att} >= {1, 16}
     assert m.sizes["sam_num_maskmem"] == 7 and m.data["profiles"]["num_memories"]["max"] == 7
+
+
+def test_memory_bank_ranges_are_the_checkpoints():
+    """A checkpoint with 3 memory frames and 8 pointers (the released ones: 7 and 16) is exported, checked
+    and profiled up to those: never a bank it cannot hold."""
+    from export.parity import parity_dim_sets
+    from export.sam2_video import video_ranges
+    from runtime.graphs import NUM_MEMORIES, NUM_POINTERS, SAM2_MEMORY_ATTENTION
+
+    ranges = video_ranges({"sam_num_maskmem": 3, "sam_max_object_pointers": 8})
+    assert (ranges[NUM_MEMORIES].max, ranges[NUM_MEMORIES].parity_sizes) == (3, (1, 3))
+    assert (ranges[NUM_POINTERS].max, ranges[NUM_POINTERS].parity_sizes) == (8, (1, 5, 8))
+    sets = parity_dim_sets(SAM2_MEMORY_ATTENTION, ranges)
+    assert {s[NUM_MEMORIES] for s in sets} == {1, 3} and max(s[NUM_POINTERS] for s in sets) == 8
+    released = video_ranges({"sam_num_maskmem": 7, "sam_max_object_pointers": 16})
+    assert released[NUM_MEMORIES] == DYNAMIC_DIMS[NUM_MEMORIES] and released[NUM_POINTERS] == DYNAMIC_DIMS[NUM_POINTERS]

@@ -279,3 +279,36 @@ def test_bad_types():
     _one_line_error([[1, 2, 3]], "list")
     _one_line_error(12, "int")
     _one_line_error(Image.new("RGB", (0, 0)), "empty")
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoded bytes (what a server receives).
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "WEBP"])
+def test_decode_image_equals_load_image_of_the_file(tmp_path, fmt):
+    from runtime.images import decode_image
+
+    path = tmp_path / f"a.{fmt.lower()}"
+    Image.fromarray(_pattern()).rotate(90, expand=True).save(path, format=fmt)
+    expected = load_image(path)
+    got = decode_image(path.read_bytes())
+    _check_rgb(got, *expected.shape[:2])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_decode_image_refuses_other_formats_empty_data_and_too_many_pixels(tmp_path):
+    from runtime.images import decode_image
+
+    path = tmp_path / "a.gif"
+    Image.fromarray(_pattern()).save(path, format="GIF")
+    assert load_image(path).shape == (48, 80, 3)  # a file PIL reads...
+    with pytest.raises(UserError, match=r"^upload: not an image file PIL can read; pass a JPEG, PNG, BMP, TIFF or WebP image$"):
+        decode_image(path.read_bytes(), "upload")  # ...but not among the formats a server takes
+    with pytest.raises(UserError, match=r"^image: no image data \(0 bytes\); send the bytes of a JPEG"):
+        decode_image(b"")
+    png = tmp_path / "a.png"
+    Image.fromarray(_pattern()).save(png)
+    assert decode_image(png.read_bytes(), max_pixels=48 * 80).shape == (48, 80, 3)
+    with pytest.raises(UserError, match=r"^image: 80x48 is 3840 pixels, more than the limit of 3839; downscale it first$"):
+        decode_image(png.read_bytes(), max_pixels=48 * 80 - 1)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +147,22 @@ def test_defaults_keep_reference_order_and_everything(pipe, make_image):
     (det,) = pipe.owl.detect([image], pipe.texts(PROMPTS), threshold=0.1)
     np.testing.assert_array_equal(r.boxes, det.boxes)
     np.testing.assert_array_equal(r.scores, det.scores)
+
+
+def test_a_score_exactly_on_the_threshold_is_dropped(pipe, make_image):
+    """``score > threshold`` as the reference, through predict: the threshold set to a detection's own
+    (float32) score drops it and keeps every higher one; one float32 step lower keeps it too."""
+    image = make_image(240, 320, seed=1)
+    every = pipe.predict(image, PROMPTS, threshold=0.0)
+    scores = np.sort(every.scores)
+    assert len(scores) > 4
+    on = scores[len(scores) // 2]
+    for t, keep in ((on, every.scores > on), (np.nextafter(on, np.float32(0)), every.scores >= on)):
+        got = pipe.predict(image, PROMPTS, threshold=float(t))
+        np.testing.assert_array_equal(got.scores, every.scores[keep])
+        np.testing.assert_array_equal(got.boxes, every.boxes[keep])
+        np.testing.assert_array_equal(got.masks, every.masks[keep])
+    assert (every.scores == on).any() and (every.scores > on).any()
 
 
 def test_max_detections_keeps_the_best(pipe, make_image):
@@ -293,7 +311,7 @@ def fake_tensorrt(monkeypatch):
     """TensorRT 10.9 'importable', an H100 'present', and a TensorRT backend that runs ONNX Runtime."""
     opened = []
 
-    def tensorrt_opener(manifest, precision):
+    def tensorrt_opener(manifest, precision, cuda_graphs=()):
         opened.append(precision)
         return onnxruntime_opener(manifest, precision)
 
@@ -415,13 +433,17 @@ def test_unknown_backend_or_precision(tiny_artifact, kwargs, match):
 
 # the files ONNX Runtime opens: the decoder's ONNX Runtime flavour, the class head's portable graph
 # (it has no flavour: nothing to fuse), the tokenizer
+@pytest.mark.parametrize("same_size", [False, True], ids=["appended", "same-size"])
 @pytest.mark.parametrize("victim", ["sam2_decoder.ort.onnx", "owl_head.onnx", "tokenizer/tokenizer.json"])
-def test_tampered_file_is_refused_before_anything_is_opened(tiny_artifact, tmp_path, monkeypatch, victim):
+def test_tampered_file_is_refused_before_anything_is_opened(tiny_artifact, tmp_path, monkeypatch, victim, same_size):
     import runtime.backends.onnxruntime as ort_backend
 
     art = copy_artifact(tiny_artifact, tmp_path / "a")
-    with open(art / victim, "ab") as f:
-        f.write(b" ")
+    if same_size:
+        rewrite_same_size(art / victim, restore_mtime=True)
+    else:
+        with open(art / victim, "ab") as f:
+            f.write(b" ")
     opened = []
     monkeypatch.setattr(ort_backend.OrtGraph, "__init__", lambda self, *a, **k: opened.append(a))
     with pytest.raises(ArtifactError, match="does not match the manifest") as e:
@@ -445,6 +467,35 @@ def test_a_file_is_hashed_once_per_manifest_unless_it_changes(tiny_artifact, tmp
     with pytest.raises(ArtifactError, match="does not match the manifest"):
         manifest.graph_path("sam2_image", "fp32")
     assert hashed == ["sam2_image.onnx"] * 2
+
+
+def rewrite_same_size(path: Path, restore_mtime: bool) -> None:
+    """Flip one byte in the middle of ``path`` in place (same size); its mtime put back as it was, or
+    one second later (a rewrite at another time). Returns once the rewrite shows in ctime: within
+    one tick of the filesystem's clock no stamp could tell it."""
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    while True:
+        path.write_bytes(data)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + (0 if restore_mtime else 10**9)))
+        after = path.stat()
+        if after.st_ctime_ns != before.st_ctime_ns:
+            break
+        time.sleep(0.01)
+    assert after.st_size == before.st_size
+
+
+@pytest.mark.parametrize("restore_mtime", [False, True], ids=["later", "mtime-restored"])
+def test_a_verified_file_rewritten_with_the_same_size_is_refused(tiny_artifact, tmp_path, restore_mtime):
+    from runtime.manifest import load_manifest
+
+    art = copy_artifact(tiny_artifact, tmp_path / "a")
+    manifest = load_manifest(art)
+    manifest.graph_path("sam2_decoder", "fp32")  # verified: the manifest remembers the file's stamp
+    rewrite_same_size(art / "sam2_decoder.onnx", restore_mtime)
+    with pytest.raises(ArtifactError, match="sam2_decoder.onnx does not match the manifest"):
+        manifest.graph_path("sam2_decoder", "fp32")
 
 
 def test_other_schema_version_is_refused(tiny_artifact, tmp_path):

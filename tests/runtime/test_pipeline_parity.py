@@ -9,73 +9,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from runtime import Pipeline, Result
+from runtime import Pipeline
 from runtime.manifest import load_manifest
-from runtime.metrics import box_iou, mask_iou
 
-from _sam2_candidates import SAME_OBJECT_BOX_IOU, TIE_PIXELS, sam2_candidates, single_mask_accepted
+from _reference import (TEMPLATE, THRESHOLD, assert_matches_reference, assert_within_acceptance,
+                        reference_pipeline)
 
 PROMPTS = ["cat", "dog", "person", "red car"]
-THRESHOLD = 0.1
-TEMPLATE = "a photo of {}"
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoints):
-    from transformers import Owlv2ForObjectDetection, Owlv2Processor, Sam2Model, Sam2Processor
-
-    owl = Owlv2ForObjectDetection.from_pretrained(tiny_checkpoints.owl).eval()
-    owl_processor = Owlv2Processor.from_pretrained(tiny_checkpoints.owl)
-    sam = Sam2Model.from_pretrained(tiny_checkpoints.sam).eval()
-    sam_processor = Sam2Processor.from_pretrained(tiny_checkpoints.sam)
-
-    def run(image: np.ndarray, prompts: list[str], candidates: bool = False):
-        """(boxes, scores, labels, masks); with ``candidates`` the last item is instead
-        ``sam2_candidates``' dict: the same masks as "chosen", and what SAM2's selection weighed."""
-        texts = [TEMPLATE.format(p) for p in prompts]
-        inputs = owl_processor(text=[texts], images=image, return_tensors="pt")
-        with torch.inference_mode():
-            outputs = owl(**inputs)
-        (det,) = owl_processor.post_process_grounded_object_detection(
-            outputs, threshold=THRESHOLD, target_sizes=[image.shape[:2]])
-        boxes, scores, labels = det["boxes"].numpy(), det["scores"].numpy(), det["labels"].numpy()
-        if len(boxes) == 0:
-            return boxes, scores, labels, np.zeros((0, *image.shape[:2]), bool)
-        if candidates:
-            return boxes, scores, labels, sam2_candidates(sam, sam_processor, image, boxes)
-        sam_inputs = sam_processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt")
-        with torch.inference_mode():
-            out = sam(**sam_inputs, multimask_output=False)
-        masks = sam_processor.post_process_masks(out.pred_masks, sam_inputs["original_sizes"])[0].numpy()[:, 0]
-        return boxes, scores, labels, masks
-
-    return run
+    return reference_pipeline(tiny_checkpoints.owl, tiny_checkpoints.sam)
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_artifact):
     with Pipeline.load(tiny_artifact, backend="onnxruntime", precision="fp32") as p:
         yield p
-
-
-def assert_matches_reference(got: Result, ref) -> None:
-    ref_boxes, ref_scores, ref_labels, ref_masks = ref
-    assert len(ref_boxes) > 0, "the tiny models should detect something at this threshold"
-    assert got.boxes.dtype == np.float32 and got.scores.dtype == np.float32
-    assert got.labels.dtype.kind == "i" and got.masks.dtype == bool
-    assert got.masks.shape == ref_masks.shape
-    assert len(got) == len(ref_boxes)
-    iou = box_iou(ref_boxes, got.boxes)
-    match = iou.argmax(axis=1)
-    assert len(set(match.tolist())) == len(match), "two reference boxes matched the same detection"
-    assert np.all(iou[np.arange(len(ref_boxes)), match] >= 0.99)
-    np.testing.assert_allclose(got.scores[match], ref_scores, atol=1e-3)
-    np.testing.assert_array_equal(got.labels[match], ref_labels)
-    assert ref_masks.any(axis=(1, 2)).all(), "the reference should produce non-empty masks"
-    mi = mask_iou(got.masks[match], ref_masks)
-    assert np.all(mi >= 0.99), mi
 
 
 @pytest.mark.parametrize("hw", [(480, 640), (333, 97), (64, 64)])
@@ -146,32 +98,7 @@ def precision_pipes(tiny_precision_artifact):
 
 @pytest.mark.parametrize("precision,hw", list(_precision_cases()))
 def test_reduced_precision_pipeline_within_acceptance(reference, precision_pipes, make_image, precision, hw):
-    from runtime.graphs import PRECISION_ACCEPTANCE
-
-    acc = PRECISION_ACCEPTANCE[precision]
     image = make_image(*hw, seed=sum(hw))
-    ref_boxes, ref_scores, ref_labels, ref = reference(image, PROMPTS, candidates=True)
     got = precision_pipes[precision].predict(image, PROMPTS, threshold=THRESHOLD)
     assert precision_pipes[precision].precision == precision
-    assert len(ref_boxes) > 0
-    assert ref["chosen"].any(axis=(1, 2)).all(), "the reference should produce non-empty masks"
-    if acc.min_box_iou is not None:
-        assert len(got) == len(ref_boxes)
-        iou = box_iou(ref_boxes, got.boxes)
-        match = iou.argmax(axis=1)
-        assert len(set(match.tolist())) == len(match)
-        assert np.all(iou[np.arange(len(ref_boxes)), match] >= acc.min_box_iou)
-        np.testing.assert_array_equal(got.labels[match], ref_labels)
-        ref_rows, got_rows = np.arange(len(ref_boxes)), match
-    else:
-        ref_top = np.argsort(-ref_scores, kind="stable")[: acc.top_k_labels]
-        assert len(got) > 0
-        iou = box_iou(ref_boxes[ref_top], got.boxes)
-        partner = iou.argmax(axis=1)
-        assert np.all(iou[np.arange(len(ref_top)), partner] >= SAME_OBJECT_BOX_IOU), iou.max(axis=1)
-        np.testing.assert_array_equal(got.labels[partner], ref_labels[ref_top])
-        ref_rows, got_rows = ref_top, partner
-    # the reference's choice, or at a stability tie (margin <= TIE_PIXELS) its other candidate
-    ref = {name: v[ref_rows] for name, v in ref.items()}
-    ok, iou, other = single_mask_accepted(got.masks[got_rows], ref, acc.min_mask_iou)
-    assert np.all(ok), {"iou": iou, "other": other, "margin_pixels": ref["margin_pixels"], "tie_pixels": TIE_PIXELS}
+    assert_within_acceptance(got, reference(image, PROMPTS, candidates=True), precision)

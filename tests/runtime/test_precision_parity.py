@@ -24,6 +24,7 @@ from runtime.preprocessing import preprocess_sam2
 from runtime.sam2 import Sam2Segmenter
 from runtime.metrics import box_iou, mask_iou
 
+from export.acceptance import IOU_TIE
 from _sam2_candidates import SAME_OBJECT_BOX_IOU, sam2_candidates, single_mask_accepted
 
 PROMPTS = ["a photo of a cat", "a photo of a dog", "a photo of a person", "a photo of a red car", "a photo of a bird"]
@@ -31,8 +32,6 @@ THRESHOLD = 0.1
 # detections whose reference score is this close to the threshold may fall on either side of it
 BORDER = 0.01
 IMAGES = [((480, 640), 11), ((640, 480), 12), ((333, 500), 13)]
-# predicted IoUs of two multimask outputs this close are a tie for the best-of-three choice
-IOU_TIE = 0.01
 
 
 #: (precision, flavour of runtime.backends.onnxruntime_opener)
@@ -176,3 +175,37 @@ def test_embeddings_match_by_cosine_per_graph(manifest, owl_reference, sam_refer
         ref = sam_embeddings(preprocess_sam2([image], segmenter.preprocessing))
         for name, r in zip(("high_res_feat0", "high_res_feat1", "image_embed"), ref, strict=True):
             assert cos_rows(got[name], r).min() >= min_cos, name
+
+
+def test_the_acceptance_refuses_broken_graphs(manifest, owl_reference, sam_reference, make_image, tmp_path):
+    """Negative test of the task-level acceptance above, with FP16's thresholds: the FP32 graphs pass it,
+    and fail it once ``owl_image``'s boxes are shifted by 5 % of the padded square or the single-mask
+    decoder's logits by +2 (its masks grow past their border)."""
+    from _perturb import perturb_outputs
+    from runtime.backends.onnxruntime import OrtGraph
+    from runtime.graphs import OWL_IMAGE, SAM2_DECODER
+
+    acc = PRECISION_ACCEPTANCE["fp16"]
+    fp32 = onnxruntime_opener(manifest, precision="fp32")
+    broken = {
+        OWL_IMAGE.name: perturb_outputs(manifest.root / "owl_image.onnx", tmp_path / "owl.onnx", ["pred_boxes"],
+                                        offset=0.05),
+        SAM2_DECODER.name: perturb_outputs(manifest.root / "sam2_decoder.onnx", tmp_path / "dec.onnx", ["mask_logits"],
+                                           offset=2.0),
+    }
+    opener = lambda spec: OrtGraph(broken[spec.name], spec) if spec.name in broken else fp32(spec)  # noqa: E731
+    (h, w), seed = IMAGES[0]
+    image = make_image(h, w, seed=seed)
+    (rb, rs, rl), _ = owl_reference(image)
+    boxes = random_boxes(5, h, w, seed)
+    ref = sam_reference[0](image, boxes)
+    verdicts = {}
+    for name, open_graph in (("fp32", fp32), ("broken", opener)):
+        (got,) = OwlDetector.from_manifest(manifest, open_graph).detect([image], PROMPTS, threshold=THRESHOLD)
+        iou = np.zeros((len(rb), 1))
+        if len(got.boxes):
+            iou = np.where(rl[:, None] == got.labels[None, :], box_iou(rb, got.boxes), 0.0)
+        masks = Sam2Segmenter.from_manifest(manifest, open_graph).segment(image, boxes).masks
+        verdicts[name] = (bool(np.all(iou.max(axis=1) >= acc.min_box_iou)),
+                          bool(np.all(single_mask_accepted(masks, ref, acc.min_mask_iou)[0])))
+    assert verdicts == {"fp32": (True, True), "broken": (False, False)}, verdicts

@@ -115,7 +115,8 @@ def _axis_operator(side: int, size: int, sigma: float, ksize: int) -> np.ndarray
 
     eye = torch.eye(side, dtype=torch.float64)[:, None, :]
     k = _get_gaussian_kernel1d(ksize, sigma, torch.float64, "cpu").view(1, 1, ksize)
-    blurred = F.conv1d(F.pad(eye, (ksize // 2, ksize // 2), mode="reflect"), k)
+    # 64 impulses at a time: float64 conv1d unfolds its whole batch (3000 x 139 x 3000 doubles, 10 GB)
+    blurred = torch.cat([F.conv1d(F.pad(rows, (ksize // 2, ksize // 2), mode="reflect"), k) for rows in eye.split(64)])
     return F.interpolate(blurred, size, mode="linear", align_corners=False)[:, 0, :].numpy()
 
 
@@ -224,6 +225,29 @@ def test_postprocess_owl_matches_processor(image_hw, threshold):
     np.testing.assert_allclose(full[0], [0, 0, side, side])
 
 
+def test_postprocess_owl_drops_scores_exactly_on_the_threshold():
+    """The reference keeps ``score > threshold``. A best logit of exactly 0 scores exactly 0.5 (in
+    float32, here and in torch), so at threshold 0.5 those patches sit on the threshold: dropped;
+    one float32 step lower they are kept, one step higher dropped too."""
+    rng = np.random.default_rng(7)
+    patches, prompts = 64, 2
+    logits = rng.choice(np.array([-3.0, -0.5, 0.0, 0.25, 2.0], np.float32), (patches, prompts))
+    logits[:8] = [0.0, -1.0]  # eight patches whose best score is exactly 0.5
+    boxes = np.concatenate([rng.uniform(0, 1, (patches, 2)), rng.uniform(0.01, 0.6, (patches, 2))], 1).astype(np.float32)
+    outputs = SimpleNamespace(logits=torch.from_numpy(logits)[None], pred_boxes=torch.from_numpy(boxes)[None])
+    best = logits.max(axis=1)
+    on = np.float32(0.5)
+    below, above = np.nextafter(on, np.float32(0)), np.nextafter(on, np.float32(1))
+    for t, expected in ((on, best > 0), (below, best >= 0), (above, best > 0)):
+        _, s, l = postprocess_owl(logits, boxes, (100, 120), float(t))
+        ref = Owlv2ImageProcessor().post_process_object_detection(outputs, threshold=float(t), target_sizes=[(100, 120)])[0]
+        assert len(s) == int(expected.sum()) == len(ref["scores"]), float(t)
+        np.testing.assert_array_equal(s, ref["scores"].numpy())
+        np.testing.assert_array_equal(l, ref["labels"].numpy())
+        assert (s > t).all()
+    assert (best == 0).sum() >= 8 and (best > 0).any(), "ties and scores above the threshold both present"
+
+
 def test_postprocess_owl_rejects_bad_threshold_and_no_prompts():
     logits = np.zeros((4, 2), np.float32)
     boxes = np.full((4, 4), 0.5, np.float32)
@@ -329,6 +353,20 @@ def test_configs_are_read_from_the_processor_not_assumed():
     sam = sam2_preprocessing_from_processor(Sam2Processor(image_processor=Sam2ImageProcessor(
         size={"height": 512, "width": 512}, mask_size={"height": 128, "width": 128})))
     assert (sam.image_size, sam.mask_size, sam.coord_size) == (512, 128, 512)
+
+
+def test_the_processors_mask_size_gives_way_to_the_models(caplog):
+    """A processor left at its default mask_size (256) on a model whose low-res masks are 16x16: the
+    processor's value only resizes mask prompts, so it is ignored, with the reason logged."""
+    processor = Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": 64, "width": 64}))
+    with caplog.at_level("WARNING", logger="export.preprocessing"):
+        sam = sam2_preprocessing_from_processor(processor, mask_size=16)
+    assert (sam.image_size, sam.mask_size, sam.coord_size) == (64, 16, 64)
+    assert "ignoring the processor's mask_size 256" in caplog.text and "16x16 (from the model)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="export.preprocessing"):
+        assert sam2_preprocessing_from_processor(processor, mask_size=256).mask_size == 256
+    assert caplog.text == ""
 
 
 def test_processor_configs_the_runtime_cannot_follow_are_refused():

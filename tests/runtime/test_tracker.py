@@ -19,6 +19,8 @@ from runtime.tracker import (Sam2Tracker, TrackedFrame, _Track, from_bfloat16_bi
                              track)
 from tools.bench.synthetic import MovingShapes
 
+from _reference import reference_tracking
+
 MIN_IOU = 0.98
 
 
@@ -44,30 +46,11 @@ def make_tracker(video_graphs):
 # --- parity with Sam2VideoModel ----------------------------------------------------------------
 
 
-def reference_masks(sam_dir, frames: list[np.ndarray], boxes: np.ndarray) -> list[np.ndarray]:
-    """transformers' video inference: Sam2VideoProcessor + Sam2VideoModel, boxes on frame 0."""
-    import torch
-    from transformers import Sam2VideoModel, Sam2VideoProcessor
-
-    model = Sam2VideoModel.from_pretrained(sam_dir).eval()
-    processor = Sam2VideoProcessor.from_pretrained(sam_dir)
-    h, w = frames[0].shape[:2]
-    session = processor.init_video_session(video=frames, inference_device="cpu")
-    processor.add_inputs_to_inference_session(session, frame_idx=0, obj_ids=list(range(1, len(boxes) + 1)),
-                                              input_boxes=[boxes.tolist()])
-    out = []
-    with torch.inference_mode():
-        for o in model.propagate_in_video_iterator(session, start_frame_idx=0):
-            masks = processor.post_process_masks([o.pred_masks], original_sizes=[[h, w]], binarize=True)[0]
-            out.append(masks[:, 0].numpy())
-    return out
-
-
 def test_tracking_matches_sam2videomodel(make_tracker, tiny_checkpoints):
     """Same box prompts on frame 0, no re-detection: per-frame masks with IoU >= 0.98 for every object."""
     video = MovingShapes(30, 96, 128, num_shapes=3, seed=0)
     frames, boxes = list(video), video.boxes(0)
-    ref = reference_masks(str(tiny_checkpoints.sam), frames, boxes)
+    ref = reference_tracking(str(tiny_checkpoints.sam), frames, boxes)
     ours = list(track(iter(frames), make_tracker(), boxes=boxes))
     assert len(ours) == len(ref) == 30
     ious = np.stack([mask_iou(r, o.masks) for r, o in zip(ref, ours, strict=True)])  # [frames, objects]
@@ -81,6 +64,24 @@ def test_tracking_matches_sam2videomodel(make_tracker, tiny_checkpoints):
     areas = np.array([r.mean(axis=(1, 2)) for r in ref])
     assert 0.02 < areas.min() and areas.max() < 0.98
     assert mask_iou(ref[0], ref[-1]).min() < 0.9
+
+
+def test_mask_size_comes_from_the_model_not_the_processor(video_graphs, make_tracker):
+    """An artifact whose SAM2 processor says mask_size 256 (its default, left on a 64 px model with
+    16x16 low-res masks): the tracker sizes its masks from the exported graphs and tracks as usual."""
+    import dataclasses
+
+    m, graphs = video_graphs
+    pre = Sam2Preprocessing.from_dict(m.preprocessing("sam"))
+    assert pre.mask_size == m.sizes["sam_mask_size"] == 16
+    stale = Sam2Tracker(graphs, dataclasses.replace(pre, mask_size=256), m.sizes,
+                        int(m.data["profiles"][NUM_OBJECTS]["max"]), int(m.data["profiles"][NUM_BOXES]["max"]))
+    video = MovingShapes(4, 64, 80, num_shapes=2, seed=4)
+    frames, boxes = list(video), video.boxes(0)
+    got = list(track(iter(frames), stale, boxes=boxes))
+    want = list(track(iter(frames), make_tracker(), boxes=boxes))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.masks, w.masks)
 
 
 # --- memory bank ---------------------------------------------------------------------------------

@@ -80,6 +80,15 @@ def test_targets_follow_from_the_measurements(report):
     sweep = t["prompt_sweep_difference"]["ms_per_image"]
     assert set(sweep) == {"1", "3"} and all(v > 0 for v in sweep.values())
     assert t["prompt_sweep_difference"]["value"] == pytest.approx(abs(sweep["3"] - sweep["1"]) / sweep["1"])
+    assert t["onnxruntime_fp32_vs_pytorch_fair"]["passed"] == (ratio >= 1.5)
+    assert t["pre_post_share_onnxruntime_fp32"]["passed"] == (share <= 0.10)
+
+
+def test_target_lines_say_pass_or_fail_with_units():
+    from tools.benchmark import _target, target_line
+
+    assert target_line("speed", _target(1.62, ">=", 1.5, "x")) == "PASS speed: 1.62x (target >= 1.5x)"
+    assert target_line("share", _target(0.123, "<=", 0.10, "%")) == "FAIL share: 12.3 % (target <= 10 %)"
 
 
 def test_markdown_table_and_chart_are_written(report):
@@ -87,6 +96,8 @@ def test_markdown_table_and_chart_are_written(report):
     table = (out / "benchmark.md").read_text()
     assert "| stage (ms) | onnxruntime fp32 | pytorch fair | pytorch sowlv2 |" in table
     assert "| speed-up vs pytorch fair |" in table and "command: `" in table
+    for key, t in data["targets"].items():
+        assert f"- {'PASS' if t['passed'] else 'FAIL'} {key}: " in table
     for s in PIPELINE_STAGES:
         assert f"| {s}" in table
     with Image.open(out / "benchmark.png") as im:

@@ -1,9 +1,11 @@
-"""python -m tools.infer: SOWLv2's layout, detections.json, flags, YAML config, and one-line errors."""
+"""owlsam-detect (python -m tools.infer): SOWLv2's command line and output tree, detections.json, YAML config,
+the output folder and device choices, and one-line errors."""
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import pytest
 from PIL import Image
 
 from tools.outputs import PALETTE
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROMPTS = ["cat", "red car"]
 
@@ -47,6 +51,30 @@ def pipe(tiny_artifact):
         yield p
 
 
+# SOWLv2's expectations (its README and tests/integration/test_output_structure.py).
+INDIVIDUAL = re.compile(r"\d{6}_obj\d+_.*_(mask|overlay)\.png")
+MERGED_NAMES = {"binary": re.compile(r"\d{6}_merged_mask\.png"), "overlay": re.compile(r"\d{6}_merged_overlay\.png")}
+
+
+def check_sowlv2_tree(out: Path, binary=True, overlay=True, merged=True) -> None:
+    """SOWLv2's validate_output_structure, plus: no empty folder anywhere, names as its README."""
+    for kind, enabled in (("binary", binary), ("overlay", overlay)):
+        if not enabled:
+            assert not (out / kind).exists(), kind
+            continue
+        frames = list((out / kind / "frames").iterdir())
+        assert frames and all(INDIVIDUAL.fullmatch(p.name) and p.name.endswith(
+            "_mask.png" if kind == "binary" else "_overlay.png") for p in frames), frames
+        if merged:
+            names = [p.name for p in (out / kind / "merged").iterdir()]
+            assert len(names) == 1 and MERGED_NAMES[kind].fullmatch(names[0]), names
+        else:
+            assert not (out / kind / "merged").exists()
+    for d in out.rglob("*"):
+        if d.is_dir():
+            assert any(d.iterdir()), f"empty folder {d}"
+
+
 def test_single_image_writes_sowlv2_layout_and_coco_results(infer, tiny_artifact, photo, pipe, tmp_path):
     path, image = photo
     out = tmp_path / "out"
@@ -54,28 +82,30 @@ def test_single_image_writes_sowlv2_layout_and_coco_results(infer, tiny_artifact
     assert "info:" in r.stderr and "backend onnxruntime, precision fp32" in r.stderr
     expected = pipe.predict(image, PROMPTS)
     n = len(expected)
-    assert n > 1
+    assert n > 1 and set(expected.labels.tolist()) == {0, 1}
+    check_sowlv2_tree(out)
     slugs = ["cat", "red_car"]
-    names = [f"street_scene_obj{i}_{slugs[label]}" for i, label in enumerate(expected.labels)]
+    names = [f"000001_obj{k}_{slugs[label]}" for k, label in enumerate(expected.labels, 1)]  # obj1 first, as README
     assert sorted(p.name for p in (out / "binary" / "frames").iterdir()) == sorted(f"{s}_mask.png" for s in names)
     assert sorted(p.name for p in (out / "overlay" / "frames").iterdir()) == sorted(f"{s}_overlay.png" for s in names)
-    assert [p.name for p in (out / "binary" / "merged").iterdir()] == ["street_scene_merged_mask.png"]
-    assert [p.name for p in (out / "overlay" / "merged").iterdir()] == ["street_scene_merged_overlay.png"]
-
+    # SOWLv2's palette, handed to prompts in the order they are first detected
+    first_seen = list(dict.fromkeys(expected.labels.tolist()))
+    color = {label: PALETTE[first_seen.index(label)] for label in first_seen}
     for name, mask, label in zip(names, expected.masks, expected.labels):
         png = read_png(out / "binary" / "frames" / f"{name}_mask.png")
         assert png.dtype == np.uint8 and png.shape == mask.shape and set(np.unique(png)) <= {0, 255}
         np.testing.assert_array_equal(png == 255, mask)
         overlay = read_png(out / "overlay" / "frames" / f"{name}_overlay.png")
         np.testing.assert_array_equal(overlay[~mask], image[~mask])
-        blended = (image[mask].astype(np.uint16) + np.array(PALETTE[label])) // 2
-        np.testing.assert_array_equal(overlay[mask], blended)
-    merged = read_png(out / "binary" / "merged" / "street_scene_merged_mask.png")
+        sowlv2 = (0.5 * image[mask] + 0.5 * np.array(color[label], np.uint8)).astype(np.uint8)  # its formula
+        np.testing.assert_array_equal(overlay[mask], sowlv2)
+    merged = read_png(out / "binary" / "merged" / "000001_merged_mask.png")
     np.testing.assert_array_equal(merged == 255, expected.masks.any(axis=0))
-    merged_overlay = read_png(out / "overlay" / "merged" / "street_scene_merged_overlay.png")
-    untouched = ~expected.masks.any(axis=0)
-    np.testing.assert_array_equal(merged_overlay[untouched], image[untouched])
-    assert not np.array_equal(merged_overlay, image)
+    merged_overlay = read_png(out / "overlay" / "merged" / "000001_merged_overlay.png")
+    sequential = image.copy()  # SOWLv2 blends each mask in turn onto the previous result
+    for mask, label in zip(expected.masks, expected.labels):
+        sequential[mask] = (0.5 * sequential[mask] + 0.5 * np.array(color[label], np.uint8)).astype(np.uint8)
+    np.testing.assert_array_equal(merged_overlay, sequential)
 
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
@@ -96,6 +126,30 @@ def test_single_image_writes_sowlv2_layout_and_coco_results(infer, tiny_artifact
         y0, y1 = np.clip(box[1::2], 0, 180)
         assert row["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=1e-2)
         np.testing.assert_array_equal(mask_utils.decode(row["segmentation"]).astype(bool), mask)
+
+
+def test_folder_with_odd_names_gets_a_sub_folder_per_image(infer, tiny_artifact, tmp_path, make_image, pipe):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    images = {"My Photo.JPG": make_image(60, 90, seed=40), "UPPER.PNG": make_image(70, 50, seed=41),
+              "0042.png": make_image(64, 64, seed=42), "a.png": make_image(40, 40, seed=43),
+              "A.bmp": make_image(40, 40, seed=44)}
+    for name, im in images.items():
+        Image.fromarray(im).save(folder / name, format="JPEG" if name.endswith("JPG") else None, quality=95)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    r = infer("--engines", tiny_artifact, "--input", folder, "--prompt", "cat", "--output", out, "--threshold", "0")
+    assert "notes.txt" in r.stderr and "5 images" in r.stderr
+    # SOWLv2: one sub-folder per image, named by its stem in lower case; a number as the frame number
+    assert sorted(p.name for p in out.iterdir()) == ["0042", "a_bmp", "a_png", "detections.json", "my photo", "upper"]
+    for sub, frame in (("my photo", "000001"), ("upper", "000001"), ("0042", "000042"), ("a_png", "000001")):
+        check_sowlv2_tree(out / sub)
+        assert (out / sub / "binary" / "merged" / f"{frame}_merged_mask.png").is_file()
+        assert read_png(out / sub / "binary" / "frames" / f"{frame}_obj1_cat_mask.png").shape == (
+            (40, 40) if sub == "a_png" else read_png(out / sub / "binary" / "merged" / f"{frame}_merged_mask.png").shape)
+    rows = json.loads((out / "detections.json").read_text())
+    assert {row["file_name"] for row in rows} == set(images)
+    assert sorted({row["image_id"] for row in rows}) == [1, 2, 3, 4, 5]
 
 
 def _write_mode_images(folder: Path, make_image) -> dict[str, tuple[int, int]]:
@@ -121,70 +175,113 @@ def test_folder_of_every_kind_with_bad_files_reported_and_skipped(infer, tiny_ar
     sizes = _write_mode_images(folder, make_image)
     good = folder / "cmyk.jpg"
     (folder / "corrupt.jpg").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 3])
-    (folder / "notes.txt").write_text("not an image")
     (folder / ".DS_Store").write_bytes(b"\0\1")
     (folder / "sub").mkdir()
     out = tmp_path / "out"
     r = infer("--engines", tiny_artifact, "--input", folder, "--prompt", "cat", "--output", out,
               "--threshold", "0", check=1)
     warnings = [line for line in r.stderr.splitlines() if "warning: skipped" in line]
-    assert len(warnings) == 2 and any("corrupt.jpg" in w for w in warnings) and any("notes.txt" in w for w in warnings)
+    assert len(warnings) == 1 and "corrupt.jpg" in warnings[0]
     assert not any(line.startswith("error:") for line in r.stderr.splitlines())
-    assert "7 images" in r.stderr and "2 skipped" in r.stderr
+    assert "7 images" in r.stderr and "1 skipped" in r.stderr
     for stem, hw in sizes.items():
-        merged = read_png(out / "binary" / "merged" / f"{stem}_merged_mask.png")
-        assert merged.shape == hw, stem
-        assert (out / "overlay" / "merged" / f"{stem}_merged_overlay.png").is_file()
-        assert list((out / "binary" / "frames").glob(f"{stem}_obj0_cat_mask.png")), stem
+        assert read_png(out / stem / "binary" / "merged" / "000001_merged_mask.png").shape == hw, stem
+        assert (out / stem / "overlay" / "merged" / "000001_merged_overlay.png").is_file()
+        assert (out / stem / "binary" / "frames" / "000001_obj1_cat_mask.png").is_file(), stem
+    assert not (out / "corrupt").exists()
     rows = json.loads((out / "detections.json").read_text())
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    assert {r["file_name"] for r in rows} == set(names) - {"corrupt.jpg", "notes.txt"}
+    assert {r["file_name"] for r in rows} == set(names) - {"corrupt.jpg"}
     for row in rows:
-        assert names[row["image_id"] - 1] == row["file_name"]
         assert row["segmentation"]["size"] == list(sizes[Path(row["file_name"]).stem])
 
 
-@pytest.mark.parametrize("flags,present,absent", [
-    (["--no-merged"], ["binary/frames", "overlay/frames"], ["binary/merged", "overlay/merged"]),
-    (["--no-binary"], ["overlay/frames", "overlay/merged"], ["binary"]),
-    (["--no-overlay", "--no-merged"], ["binary/frames"], ["overlay", "binary/merged"]),
-])
-def test_output_flags(tiny_artifact, photo, tmp_path, flags, present, absent):
-    from tools.infer import main
+@pytest.mark.parametrize("binary,overlay,merged", [(b, o, m) for b in (True, False) for o in (True, False)
+                                                   for m in (True, False)])
+def test_output_flags_as_sowlv2(tiny_artifact, photo, tmp_path, binary, overlay, merged):
+    """SOWLv2's flag matrix through the console script's entry point (in-process)."""
+    from tools.infer import cli
 
     out = tmp_path / "out"
-    assert main(["--engines", str(tiny_artifact), "--input", str(photo[0]), "--prompt", "cat", "--output", str(out),
-                 *flags]) == 0
-    for rel in present:
-        assert any((out / rel).iterdir()), rel
-    for rel in absent:
-        assert not (out / rel).exists(), rel
+    flags = [f for f, on in (("--no-binary", binary), ("--no-overlay", overlay), ("--no-merged", merged)) if not on]
+    with pytest.raises(SystemExit) as e:
+        cli(["--engines", str(tiny_artifact), "--input", str(photo[0]), "--prompt", "cat", "--output", str(out),
+             *flags])
+    assert e.value.code == 0
+    check_sowlv2_tree(out, binary, overlay, merged)
     assert (out / "detections.json").is_file()
+    if not (binary or overlay):
+        assert not list(out.rglob("*.png"))
 
 
-def test_yaml_config_with_command_line_precedence(infer, tiny_artifact, photo, tmp_path):
+def test_console_script_is_declared():
+    import tomllib
+
+    from tools.infer import cli
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["owlsam-detect"] == "tools.infer:cli" and callable(cli)
+
+
+def test_yaml_config_keys_and_precedence(infer, tiny_artifact, photo, tmp_path):
     out = tmp_path / "out"
     config = tmp_path / "run.yaml"
-    config.write_text(
-        f"engines: {tiny_artifact}\ninput: '{photo[0]}'\nprompt: [cat, red car]\noutput: {out}\n"
-        "threshold: 1.0\nmerged: false\nowl_model: google/owlv2-base-patch16-ensemble\ndevice: cuda\n")
-    r = infer("--config", config, "--threshold", "0.1")
-    assert "'owl_model' is ignored" in r.stderr and "'device' is ignored" in r.stderr
+    config.write_text(  # SOWLv2's keys, hyphens and underscores, a single prompt as a string
+        f"prompt: red car\ninput: '{photo[0]}'\noutput: {out}\nthreshold: 1.0\nmerged: false\nfps: 15\n"
+        f"owl-model: google/owlv2-base-patch16-ensemble\nsam_model: facebook/sam2.1-hiera-small\ndevice: cpu\n")
+    r = infer("--config", config, "--engines", tiny_artifact, "--threshold", "0.1", "--prompt", "cat")
+    assert "is not what --engines" in r.stderr  # the file names models the engines folder was not exported from
     rows = json.loads((out / "detections.json").read_text())
-    assert len(rows) > 0, "--threshold 0.1 on the command line beats threshold: 1.0 in the file"
-    assert {row["prompt"] for row in rows} <= set(PROMPTS)
-    assert not (out / "binary" / "merged").exists(), "merged: false from the file applies"
+    assert rows, "--threshold 0.1 on the command line beats threshold: 1.0 in the file"
+    assert {row["prompt"] for row in rows} == {"cat"}, "--prompt on the command line beats the file's"
+    assert not (out / "binary" / "merged").exists(), "merged: false from the file beats the default"
+
+    from tools.infer import parse_args
+
+    args = parse_args(["--config", str(config)])
+    assert args.prompt == ["red car"] and args.threshold == 1.0 and args.fps == 15 and args.device == "cpu"
+    assert args.output == str(out) and args.merged is False and args.binary is True
+    defaults = parse_args(["--input", "x", "--prompt", "p"])
+    assert (defaults.output, defaults.threshold, defaults.fps, defaults.device) == ("output", 0.1, 24, None)
+    assert (defaults.owl_model, defaults.sam_model) == ("google/owlv2-base-patch16-ensemble",
+                                                        "facebook/sam2.1-hiera-small")
 
 
-def test_zero_detections_still_write_outputs(infer, tiny_artifact, photo, tmp_path):
-    path, image = photo
+def test_no_detections_write_no_files(infer, tiny_artifact, photo, tmp_path):
     out = tmp_path / "out"
-    r = infer("--engines", tiny_artifact, "--input", path, "--prompt", "cat", "--output", out, "--threshold", "1")
+    r = infer("--engines", tiny_artifact, "--input", photo[0], "--prompt", "cat", "--output", out, "--threshold", "1")
     assert "0 detections" in r.stderr
-    assert json.loads((out / "detections.json").read_text()) == []
-    assert not read_png(out / "binary" / "merged" / "street_scene_merged_mask.png").any()
-    np.testing.assert_array_equal(read_png(out / "overlay" / "merged" / "street_scene_merged_overlay.png"), image)
-    assert list((out / "binary" / "frames").iterdir()) == []
+    assert out.is_dir() and not list(out.iterdir())
+
+
+def test_existing_output_is_refused_or_replaced(infer, one_error_line, tiny_artifact, photo, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    base = ["--engines", tiny_artifact, "--input", photo[0], "--prompt", "cat", "--output", out]
+    one_error_line(infer(*base, check=None), "not empty", "mine.txt", "--overwrite")
+    assert (out / "mine.txt").read_text() == "keep" and not list(tmp_path.glob(".out.*"))
+    infer(*base, "--overwrite")
+    assert not (out / "mine.txt").exists() and (out / "detections.json").is_file()
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
+
+
+def test_device_choice(infer, one_error_line, tiny_artifact, photo, tmp_path):
+    base = ["--engines", tiny_artifact, "--input", photo[0], "--prompt", "cat"]
+    r = infer(*base, "--output", tmp_path / "cpu", "--device", "cpu")
+    assert "backend onnxruntime" in r.stderr
+    one_error_line(infer(*base, "--output", tmp_path / "x", "--device", "cpu", "--backend", "tensorrt", check=None),
+                   "--device cpu", "--backend tensorrt")
+    try:
+        import onnxruntime
+
+        cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        one_error_line(infer(*base, "--output", tmp_path / "y", "--device", "cuda", check=None),
+                       "--device cuda cannot be met", "TensorRT", "CUDA provider", "--device cpu")
+    assert not (tmp_path / "y").exists()
 
 
 def test_long_prompt_is_truncated_with_a_warning(infer, tiny_artifact, photo, tmp_path):
@@ -199,7 +296,41 @@ def test_large_image(infer, tiny_artifact, tmp_path, make_image):
     out = tmp_path / "out"
     infer("--engines", tiny_artifact, "--input", big, "--prompt", "cat", "--output", out,
           "--threshold", "0", "--max-detections", "1", "--no-overlay")
-    assert read_png(out / "binary" / "frames" / "big_obj0_cat_mask.png").shape == (6000, 8000)
+    assert read_png(out / "binary" / "frames" / "000001_obj1_cat_mask.png").shape == (6000, 8000)
+
+
+# Inputs whose names collide once turned into output names: a shared stem (a.jpg, a.png), a suffix
+# spelled out by another file (a_png.jpg), a space that becomes "_" ("a b.jpg", a_b.jpg), and case,
+# which some filesystems ignore (A.JPG).
+CLASHING_NAMES = ["a.jpg", "a.png", "a_png.jpg", "a b.jpg", "a_b.jpg", "A.JPG", "b.png"]
+
+
+def test_output_names_never_repeat():
+    from tools.outputs import folder_names
+
+    names = folder_names([Path("in") / n for n in CLASHING_NAMES])
+    assert len({n.casefold() for n in names}) == len(CLASHING_NAMES), names
+    assert names[-1] == "b", "a stem used once stays as it is"
+
+
+def test_inputs_sharing_a_stem_get_their_own_outputs(infer, tiny_artifact, tmp_path, make_image):
+    """Each input of a folder whose names clash gets its own merged mask (told apart by its size)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # sizes all different, so that an output overwritten by another input's shows
+    sizes = {name: (40 + 7 * i, 90 - 5 * i) for i, name in enumerate(CLASHING_NAMES)}
+    for i, (name, hw) in enumerate(sizes.items()):
+        Image.fromarray(make_image(*hw, seed=40 + i)).save(folder / name, format="PNG" if name.endswith("png") else "JPEG")
+    out = tmp_path / "out"
+    infer("--engines", tiny_artifact, "--input", folder, "--prompt", "cat", "--output", out, "--threshold", "0",
+          "--max-detections", "1", "--no-overlay")
+    merged = sorted(out.rglob("*merged_mask.png"))
+    assert len(merged) == len(CLASHING_NAMES), [p.relative_to(out) for p in merged]
+    assert sorted(read_png(p).shape for p in merged) == sorted(sizes.values())
+    frames = [p for p in out.rglob("*_mask.png") if p not in merged]
+    assert sorted(read_png(p).shape for p in frames) == sorted(sizes.values()), "one object per image, each kept"
+    rows = json.loads((out / "detections.json").read_text())
+    assert sorted(r["file_name"] for r in rows) == sorted(CLASHING_NAMES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,10 +363,12 @@ def test_bad_inputs_are_one_line_errors(infer, one_error_line, tiny_artifact, ph
     cases = [
         ([*base, "--prompt"], ["--prompt", "expected at least one argument"]),
         ([*base, "--prompt", ""], ["prompt 0 is empty"]),
-        (["--input", img, "--prompt", "cat", "--output", out], ["missing --engines"]),
+        (["--engines", tiny_artifact, "--output", out, "--prompt", "cat"], ["missing --input"]),
         ([*base[:3], tmp_path / "nope.jpg", *base[4:], "--prompt", "cat"], ["nope.jpg", "does not exist"]),
         ([*base[:3], corrupt, *base[4:], "--prompt", "cat"], ["corrupt.png"]),
         ([*base[:3], video, *base[4:], "--prompt", "cat"], ["clip.mp4"]),
+        ([*base, "--prompt", "cat", "--fps", "0"], ["--fps", "must be positive"]),
+        ([*base, "--prompt", "cat", "--device", "tpu"], ["--device", "'tpu' is not one of cpu, cuda"]),
         ([*base[:5], a_file, "--prompt", "cat"], ["file.txt", "not a folder"]),
         (["--engines", tmp_path / "missing", *base[2:], "--prompt", "cat"], ["does not exist"]),
         (["--engines", tampered, *base[2:], "--prompt", "cat"], ["owl_image.onnx", "does not match the manifest"]),

@@ -164,7 +164,7 @@ def test_global_rng_is_left_alone(tmp_path):
 
 
 def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
-    def broken(seed, log=None):
+    def broken(seed, log=None, shape=None):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(tc, "build_sam", broken)
@@ -333,3 +333,30 @@ def test_main_prints_progress_and_the_two_directories(tmp_path, capsys):
     assert any("owlv2" in line and "writing" in line for line in lines)
     assert any("sam2" in line and "writing" in line for line in lines)
     assert lines[-1] == f"wrote {tmp_path / 'out' / 'owlv2'} and {tmp_path / 'out' / 'sam2'}"
+
+
+def test_shape_writes_a_family_member_of_that_architecture(tmp_path):
+    """``--shape`` writes the member's architecture; its SAM2 processor keeps transformers' default
+    mask_size (256) where the member leaves it, as a user converting a smaller model would."""
+    import json
+
+    shape = tc.FAMILY["owl72p12-sam128"]
+    assert tc.main([str(tmp_path / "out"), "--shape", "owl72p12-sam128"]) == 0
+    owl = json.loads((tmp_path / "out" / "owlv2" / "config.json").read_text())
+    sam = json.loads((tmp_path / "out" / "sam2" / "config.json").read_text())
+    assert (owl["vision_config"]["image_size"], owl["vision_config"]["patch_size"]) == (72, 12)
+    assert owl["text_config"]["max_position_embeddings"] == 20
+    assert sam["image_size"] == 128 and sam["num_maskmem"] == shape.sam_num_maskmem == 5
+    assert sam["vision_config"]["backbone_config"]["blocks_per_stage"] == list(shape.sam_blocks)
+    tokenizer = json.loads((tmp_path / "out" / "owlv2" / "tokenizer_config.json").read_text())
+    assert tokenizer["model_max_length"] == 16
+    processor = json.loads((tmp_path / "out" / "sam2" / "processor_config.json").read_text())
+    assert processor["image_processor"]["mask_size"] == {"height": 256, "width": 256}
+    assert processor["image_processor"]["size"] == {"height": 128, "width": 128} and processor["target_size"] == 128
+
+
+@pytest.mark.parametrize("bad", [dict(owl_image_size=70), dict(sam_image_size=80),
+                                 dict(owl_tokenizer_length=20, owl_text_positions=16)])
+def test_shapes_the_models_cannot_have_are_refused(bad):
+    with pytest.raises(ValueError):
+        tc.TinyShape(**bad)

@@ -1,9 +1,9 @@
 """ViT-B blocks at the OWLv2 image tower's size through the graphs ``export.build`` writes, timed on CPU.
 
-    python -m tools.bench.blocks [--layers 2] [--runs 5] [--threads 1] [--no-modelopt] [--json FILE]
+    python -m tools.bench.blocks [--layers 2] [--runs 5] [--threads 1] [--no-modelopt] [--arch owlv2-b16] [--json FILE]
 
 An ``Owlv2VisionModel`` with ``--layers`` ViT-B/16 blocks at 960 px (3601 tokens, width 768, MLP 3072;
-order-1 random weights) is exported like every graph, then written as the portable FP32 graph, ONNX
+order-1 random weights; ``--arch tiny``: the test model's vision tower, to check the command) is exported like every graph, then written as the portable FP32 graph, ONNX
 Runtime's FP32 and INT8 flavours (``export.ort_flavour``) and, unless ``--no-modelopt``, the portable
 INT8 graph TensorRT builds from (``export.precision.quantize_int8``; run with ONNX Runtime's Q/DQ
 fusion). Each runs in ONNX Runtime, with PyTorch eager FP32 and BF16 autocast beside them, all in one
@@ -16,7 +16,6 @@ nothing is asserted.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -27,11 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from runtime.errors import OneLineArgumentParser, run_cli, whole_number
-from tools.bench.environment import with_environment
-
-#: OWLv2-B/16 at 960 px (google/owlv2-base-patch16-ensemble's vision tower).
-VIT_B = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, image_size=960, patch_size=16)
-
+from tools.bench.common import OWL_ARCHES, OWL_B16, owl_config, with_machine, write_json
 
 def onnxruntime_bf16_matmul() -> str:
     """Whether ONNX Runtime's CPU execution provider runs a bfloat16 MatMul ("yes", or its error)."""
@@ -70,7 +65,7 @@ def cpu_times(fns: dict[str, Callable[[], Any]], runs: int, say) -> dict[str, li
     return times
 
 
-def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, say) -> dict[str, Any]:
+def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, say, arch: str = OWL_B16) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
     from transformers import Owlv2VisionConfig, Owlv2VisionModel
@@ -82,7 +77,8 @@ def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, sa
     torch.set_num_threads(threads)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        vit = Owlv2VisionModel(Owlv2VisionConfig(num_hidden_layers=layers, **VIT_B)).eval()
+        vision = {**owl_config(arch).vision_config.to_dict(), "num_hidden_layers": layers}
+        vit = Owlv2VisionModel(Owlv2VisionConfig(**vision)).eval()
     reinitialise(vit, 0)
 
     class Blocks(torch.nn.Module):
@@ -97,10 +93,10 @@ def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, sa
     spec = GraphSpec("vit_blocks", "owl", (TensorSpec("pixel_values", "float32", ("one", "channels", "size", "size")),),
                      (TensorSpec("hidden", "float32", ("one", "tokens", "width"), Tolerance(1e-3, 1e-3)),))
     rng = np.random.default_rng(0)
-    size = VIT_B["image_size"]
+    size = vision["image_size"]
     feeds = [{"pixel_values": rng.standard_normal((1, 3, size, size)).astype(np.float32)} for _ in range(4)]
     x = feeds[0]["pixel_values"]
-    say(f"exporting {layers} ViT-B blocks...")
+    say(f"exporting {layers} {arch} vision blocks...")
     portable = work / "vit_blocks.onnx"
     torch.onnx.export(module, (torch.from_numpy(x),), dynamo=True, opset_version=18, input_names=["pixel_values"],
                       output_names=["hidden"], verbose=False).save(str(portable), external_data=True)
@@ -148,7 +144,7 @@ def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, sa
         cosine = {name: _cosine(f(), ref) for name, f in fns.items()}
         times = cpu_times(fns, runs, say)
     base = float(np.median(times["ONNX Runtime FP32"]))
-    return {"layers": layers, "tokens": (size // VIT_B["patch_size"]) ** 2 + 1, "threads": threads, "runs": runs,
+    return {"layers": layers, "arch": arch, "tokens": (size // vision["patch_size"]) ** 2 + 1, "threads": threads, "runs": runs,
             "onnxruntime_bf16_matmul": onnxruntime_bf16_matmul(),
             "onnxruntime_int8_fused_vs_fake_quantised_cosine": fused_vs_written,
             "variants": {name: {"cpu_ms_median": float(np.median(t)), "cpu_ms": t,
@@ -157,7 +153,7 @@ def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, sa
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"{result['layers']} ViT-B blocks, {result['tokens']} tokens; CPU ms with {result['threads']} intra-op "
+    lines = [f"{result['layers']} {result['arch']} vision blocks, {result['tokens']} tokens; CPU ms with {result['threads']} intra-op "
              f"thread(s), median of {result['runs']}", "",
              "| graph | ms | vs ONNX Runtime FP32 | cosine vs PyTorch FP32 |", "|---|---:|---:|---:|"]
     for name, v in result["variants"].items():
@@ -175,14 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=whole_number(), default=5, help="timed runs of every variant")
     p.add_argument("--threads", type=whole_number(), default=1, help="intra-op threads (ONNX Runtime and PyTorch)")
     p.add_argument("--no-modelopt", action="store_true", help="leave out the portable INT8 graph (ModelOpt)")
+    p.add_argument("--arch", choices=OWL_ARCHES, default=OWL_B16, help="whose vision blocks (tiny: checks the command)")
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="owlsam-blocks-") as tmp:
-        result = measure(args.layers, args.runs, args.threads, not args.no_modelopt, Path(tmp), say)
+        result = measure(args.layers, args.runs, args.threads, not args.no_modelopt, Path(tmp), say, args.arch)
     print(markdown(result))
     if args.json:
-        args.json.write_text(json.dumps(with_environment(result), indent=1))
+        write_json(args.json, with_machine("tools.bench.blocks", result, argv))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Export time, peak memory and CPU latency (PyTorch eager vs ONNX Runtime) of the exported graphs.
 
-    python -m tools.bench.fullsize [--arch owlv2-b16|hiera-small|hiera-tiny | --model DIR]
+    python -m tools.bench.fullsize [--arch owlv2-b16|hiera-small|hiera-tiny|tiny | --model DIR]
                                      [--graphs owl_image sam2_decoder ...] [--prompts 4] [--boxes 1 16]
                                      [--runs 3] [--threads 2] [--parity] [--out DIR] [--json FILE]
 
@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,111 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
-from tools.bench.environment import with_environment
+from tools.bench.common import (INITS, OWL_ARCHES, OWL_B16, SAM_ARCHES, load_model, median_ms, parameters_m,
+                                peak_rss_mb, with_machine, write_json)
 
-# Meta's sam2.1_hiera_{t,s}.yaml (trunk embed_dim 96, num_heads 1 doubling per stage, window_spec
-# [8, 4, 14, 7], window_pos_embed_bkg_spatial_size [7, 7], FPN d_model 256 over
-# [768, 384, 192, 96], top-down levels [2, 3]), as transformers' Sam2HieraDetConfig spells it. The
-# prompt encoder and mask decoder are transformers' defaults, which are those of every SAM2.1 size.
-SAM_ARCHES: dict[str, dict[str, Any]] = {
-    "hiera-small": dict(blocks_per_stage=[1, 2, 11, 2], global_attention_blocks=[7, 10, 13]),
-    "hiera-tiny": dict(blocks_per_stage=[1, 2, 7, 2], global_attention_blocks=[5, 7, 9]),
-}
-_HIERA_COMMON = dict(
-    hidden_size=96,
-    embed_dim_per_stage=[96, 192, 384, 768],
-    num_attention_heads_per_stage=[1, 2, 4, 8],
-    window_size_per_stage=[8, 4, 14, 7],
-    window_positional_embedding_background_size=[7, 7],
-    image_size=[1024, 1024],
-    patch_kernel_size=[7, 7],
-    patch_stride=[4, 4],
-    patch_padding=[3, 3],
-    query_stride=[2, 2],
-    num_query_pool_stages=3,
-)
-OWL_ARCH = "owlv2-b16"
-ARCHES = (OWL_ARCH, *SAM_ARCHES)
-
-
-def sam2_config(arch: str):
-    """A ``Sam2Config`` with the architecture of ``facebook/sam2.1-<arch>``."""
-    from transformers import Sam2Config
-
-    backbone = dict(model_type="sam2_hiera_det_model", **_HIERA_COMMON, **SAM_ARCHES[arch])
-    vision = dict(
-        model_type="sam2_vision_model",
-        backbone_config=backbone,
-        backbone_channel_list=[768, 384, 192, 96],
-        backbone_feature_sizes=[[256, 256], [128, 128], [64, 64]],
-        fpn_hidden_size=256,
-        fpn_top_down_levels=[2, 3],
-        num_feature_levels=3,
-    )
-    return Sam2Config(vision_config=vision, prompt_encoder_config={}, mask_decoder_config={})
-
-
-def load(family: str, arch: str | None, model_dir: str | None, seed: int, init: str = "order1"):
-    """A LoadedModel: the local checkpoint, or a random-weight model of ``arch``.
-
-    ``init="order1"`` re-initialises the random weights as the tiny checkpoints do (PyTorch's
-    default initialisers, outputs of order 1); ``"hf"`` keeps transformers' std-0.02 init, under
-    which a deep random ViT's activations grow to ~1e4 and the outputs are cancellations of huge
-    intermediates (a poor stand-in for trained weights).
-    """
-    import torch
-
-    from export.models import LoadedModel, load_owl, load_sam
-
-    if model_dir:
-        return (load_owl if family == "owl" else load_sam)(model_dir)
-    torch.manual_seed(seed)
-    if family == "owl":
-        from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
-
-        from tools.tiny_checkpoints import build_tokenizer
-
-        model = _initialised(Owlv2ForObjectDetection(Owlv2Config(vision_config={"image_size": 960, "patch_size": 16})), init, seed)
-        processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 960, "width": 960}),
-                                   tokenizer=build_tokenizer())
-        return LoadedModel("owl", f"random {arch}", model, processor, "random", None)
-    from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
-
-    model = _initialised(Sam2Model(sam2_config(arch)), init, seed)
-    processor = Sam2Processor(image_processor=Sam2ImageProcessor(), target_size=1024)
-    return LoadedModel("sam", f"random {arch}", model, processor, "random", None)
-
-
-def _initialised(model, init: str, seed: int):
-    from tools.tiny_checkpoints import reinitialise
-
-    if init == "order1":
-        reinitialise(model, seed)
-    return model.eval()
+ARCHES = tuple(dict.fromkeys((*OWL_ARCHES, *SAM_ARCHES)))
 
 
 def family_of(graph: str) -> str:
     from runtime.graphs import GRAPHS
 
     return GRAPHS[graph].family
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def median_ms(fns: dict[str, Any], runs: int) -> dict[str, float]:
-    """Median wall time of each function in ms. The functions take turns, run by run, so that a
-    machine whose load changes during the measurement slows them alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1000.0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def measure_graph(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,12 +57,12 @@ def measure_graph(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     family = family_of(args.worker)
-    loaded = load(family, args.arch, args.model, args.seed, args.init)
+    loaded = load_model(family, args.arch, args.model, args.seed, args.init)
     sizes, exports = (owl_sizes, owl_graph_exports) if family == "owl" else (sam2_sizes, sam2_graph_exports)
     graph = {g.spec.name: g for g in exports(loaded, sizes(loaded))}[args.worker]
     spec = graph.spec
     build_s = time.perf_counter() - t0
-    rss_build = _rss_mb()
+    rss_build = peak_rss_mb()
 
     # the decoder's example features come from the image encoder: compute them before the clock
     graph.make_inputs(export_example_dims(spec), np.random.default_rng(0))
@@ -169,12 +72,12 @@ def measure_graph(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     files = export_to_onnx(graph, path)
     export_s = time.perf_counter() - t0
-    rss_export = _rss_mb()
+    rss_export = peak_rss_mb()
 
     result: dict[str, Any] = {
         "graph": spec.name,
         "model": loaded.source,
-        "params_m": sum(p.numel() for p in graph.module.parameters()) / 1e6,
+        "params_m": parameters_m(graph.module),
         "build_s": build_s,
         "export_s": export_s,
         "onnx_mb": sum(f.stat().st_size for f in files) / 2**20,
@@ -191,7 +94,7 @@ def measure_graph(args: argparse.Namespace) -> dict[str, Any]:
         ms = median_ms({"eager": lambda: graph.torch_outputs(feeds), "ort": lambda: session.run(feeds)}, args.runs)
         result["latency"].append({"dims": dims, "eager_ms": ms["eager"], "ort_ms": ms["ort"]})
     result["load_average"] = os.getloadavg()[0]
-    result["rss_total_mb"] = _rss_mb()
+    result["rss_total_mb"] = peak_rss_mb()
     if args.parity:
         rows = check_export_parity(graph, path)
         result["parity"] = {
@@ -239,7 +142,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineArgumentParser(prog="python -m tools.bench.fullsize", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()
     src.add_argument("--arch", choices=ARCHES, help="random-weight architecture (default: owlv2-b16 for OWL "
-                     "graphs, hiera-small for SAM2 graphs)")
+                     "graphs, hiera-small for SAM2 graphs; tiny: the tiny test architecture, for both)")
     src.add_argument("--model", help="a local checkpoint directory (of the graphs' family) instead of random weights")
     image_graphs = sorted(n for n, g in GRAPHS.items() if not g.video)  # tools.bench.tracking times video
     p.add_argument("--graphs", nargs="+", choices=image_graphs, default=image_graphs)
@@ -248,7 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=whole_number(), default=3, help="timed runs per measurement (median)")
     p.add_argument("--threads", type=whole_number(), default=2, help="intra-op threads for torch and ONNX Runtime")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", choices=("order1", "hf"), default="order1",
+    p.add_argument("--init", choices=INITS, default="order1",
                    help="random weights: re-initialised to order-1 outputs (default) or transformers' init")
     p.add_argument("--parity", action="store_true", help="also run the export parity check per graph")
     p.add_argument("--out", help="where the ONNX files go (default: a temporary directory, removed)")
@@ -260,8 +163,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def arch_for(graph: str, arch: str | None) -> str:
     family = family_of(graph)
     if arch is None:
-        return OWL_ARCH if family == "owl" else "hiera-small"
-    if (arch == OWL_ARCH) != (family == "owl"):
+        return OWL_B16 if family == "owl" else "hiera-small"
+    if arch not in (OWL_ARCHES if family == "owl" else SAM_ARCHES):
         raise UserError(f"--arch {arch} has no graph {graph}; pick graphs of its family with --graphs")
     return arch
 
@@ -287,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 return proc.returncode
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     if args.json:
-        Path(args.json).write_text(json.dumps(with_environment(results), indent=2))
+        write_json(args.json, with_machine("tools.bench.fullsize", results, argv))
     print(format_markdown(results, args.threads, args.runs))
     return 0
 

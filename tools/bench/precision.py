@@ -1,8 +1,9 @@
 """Numerics and speed of the FP16 / INT8 graphs on CPU: parity tables, conversion times, latency.
 
-    python -m tools.bench.precision checkpoints OUT [--seed N]
+    python -m tools.bench.precision checkpoints OUT [--seed N] [--owl-arch owlv2-b16|tiny] [--sam-arch hiera-small|...]
         writes full-size random-weight OWLv2-B/16 (960 px) and SAM2.1-hiera-small checkpoints
-        (Hugging Face format, the tiny checkpoints' real CLIP BPE tokenizer) to OUT/owlv2, OUT/sam2
+        (Hugging Face format, the tiny checkpoints' real CLIP BPE tokenizer; SAM2 with its video
+        modules, as the released one) to OUT/owlv2, OUT/sam2
     python -m tools.bench.precision parity --engines DIR --owl-model DIR --sam-model DIR
                                              [--images N] [--json FILE]
         task-level parity of every precision in DIR against the FP32 PyTorch pipeline
@@ -31,60 +32,31 @@ from typing import Any
 
 from runtime.errors import OneLineArgumentParser, run_cli, whole_number
 from runtime.manifest import PRECISIONS
-from runtime.metrics import box_iou, mask_iou
-from tools.bench.environment import with_environment
-from tools.bench.fullsize import median_ms
+from runtime.metrics import mask_iou
+from tools.bench.common import (OWL_ARCHES, OWL_B16, SAM_ARCHES, checkpoint_biases, median_ms, parameters_m,
+                                random_owl, random_sam, sam2_config, sam2_processor, with_machine, write_json)
 from tools.bench.synthetic import synthetic_image
 
-# OWLv2-B/16 (google/owlv2-base-patch16-ensemble): CLIP B/16 towers, 960 px, 16-token queries.
-OWL_BASE = dict(
-    text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-              max_position_embeddings=16),
-    vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                image_size=960, patch_size=16),
-    projection_dim=512,
-)
-
-
-def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print) -> tuple[Path, Path]:
-    """Full-size random-weight OWLv2 and SAM2 checkpoints under ``out`` (owlv2/, sam2/)."""
-    import torch
-    from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor,
-                              Sam2ImageProcessor, Sam2Model, Sam2Processor)
-
-    from tools.bench.fullsize import sam2_config
-    from tools.tiny_checkpoints import (OWL_LOGIT_SCALE_BIAS, OWL_LOGIT_SHIFT_BIAS, SAM_OBJECT_SCORE_BIAS,
-                                        build_tokenizer, reinitialise)
+def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print, owl_arch: str = OWL_B16,
+                               sam_arch: str = "hiera-small") -> tuple[Path, Path]:
+    """Random-weight OWLv2 and SAM2 checkpoints of ``owl_arch`` / ``sam_arch`` under ``out`` (owlv2/,
+    sam2/), re-initialised to order-1 outputs with the tiny checkpoints' biases, the tiny BPE tokenizer."""
+    from tools.tiny_checkpoints import build_tokenizer
 
     out = Path(out)
-    tokenizer = build_tokenizer()
-    text = dict(OWL_BASE["text"], vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config = Owlv2Config(text_config=text, vision_config=OWL_BASE["vision"], projection_dim=OWL_BASE["projection_dim"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        owl = Owlv2ForObjectDetection(config).eval()
-    reinitialise(owl, seed)
-    with torch.no_grad():
-        owl.class_head.logit_shift.bias.fill_(OWL_LOGIT_SHIFT_BIAS)
-        owl.class_head.logit_scale.bias.fill_(OWL_LOGIT_SCALE_BIAS)
-    size = OWL_BASE["vision"]["image_size"]
-    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": size, "width": size}),
-                               tokenizer=tokenizer)
-    log(f"writing {out / 'owlv2'} ({sum(p.numel() for p in owl.parameters()) / 1e6:.0f} M parameters)")
-    owl.save_pretrained(out / "owlv2")
-    processor.save_pretrained(out / "owlv2")
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = Sam2Model(sam2_config("hiera-small")).eval()
-    reinitialise(sam, seed)
-    with torch.no_grad():
-        sam.prompt_encoder.shared_embedding.positional_embedding.copy_(sam.shared_image_embedding.positional_embedding)
-        sam.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(SAM_OBJECT_SCORE_BIAS)
-    log(f"writing {out / 'sam2'} ({sum(p.numel() for p in sam.parameters()) / 1e6:.0f} M parameters)")
-    sam.save_pretrained(out / "sam2")
-    Sam2Processor(image_processor=Sam2ImageProcessor(), target_size=1024).save_pretrained(out / "sam2")
+    # SAM2 as a sam2_video checkpoint, as facebook/sam2.1-hiera-small is: Sam2Model loads its image
+    # weights, Sam2VideoModel (export.build --video) also its memory modules
+    makers = (("owlv2", lambda: random_owl(owl_arch, seed, tokenizer=build_tokenizer())),
+              ("sam2", lambda: random_sam(sam_arch, seed, video=True)))
+    for name, make in makers:  # one model in memory at a time
+        loaded = make()
+        checkpoint_biases(loaded.model)
+        log(f"writing {out / name} ({parameters_m(loaded.model):.0f} M parameters)")
+        loaded.model.save_pretrained(out / name)
+        loaded.processor.save_pretrained(out / name)
+        if name == "sam2":  # so that Sam2VideoProcessor loads too
+            sam2_processor(sam2_config(sam_arch), video=True).video_processor.save_pretrained(out / name)
+        del loaded
     return out / "owlv2", out / "sam2"
 
 
@@ -154,7 +126,8 @@ def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
     write_json(out / MANIFEST_NAME, data)
     parity = json.loads((out / PARITY_NAME).read_text())
     for p in ("fp16", "int8"):
-        parity[p] = {"rows": [r.__dict__ for r in outcome.rows if r.precision == p]}
+        parity[p] = {"rows": [r.__dict__ for r in outcome.rows if r.precision == p],
+                     "flips": [f.__dict__ for f in outcome.flips if f.precision == p]}
     write_json(out / PARITY_NAME, parity)
     print(format_precision_table(outcome.rows))
     timings = {name: {p: {k: e.get(k) for k in ("seconds", "calibration_seconds", "calibration_method",
@@ -263,36 +236,13 @@ def value_ranges(args: argparse.Namespace) -> dict[str, Any]:
 PROMPTS = ["cat", "dog", "person", "red car", "bird"]
 
 
-def compare_detections(ref, got, top_k: int = 5) -> dict[str, Any]:
-    """``ref``/``got``: (boxes, scores, labels). Every reference detection matched to the
-    same-label detection of ``got`` with the highest box IoU; top-k: labels of the k best reference
-    detections against those of their best-IoU counterparts."""
-    import numpy as np
-
-    rb, rs, rl = ref
-    gb, gs, gl = got
-    out: dict[str, Any] = {"ref": int(len(rb)), "got": int(len(gb))}
-    if len(rb) == 0 or len(gb) == 0:
-        out.update(min_iou=1.0 if len(rb) == len(gb) else 0.0, matched_095=float(len(rb) == len(gb)),
-                   topk_agree=1.0 if len(rb) == len(gb) else 0.0)
-        return out
-    iou = box_iou(rb, gb)
-    same = np.where(rl[:, None] == gl[None, :], iou, 0.0)
-    best = same.max(axis=1)
-    out["min_iou"] = float(best.min())
-    out["matched_095"] = float((best >= 0.95).mean())
-    top = np.argsort(-rs, kind="stable")[:top_k]
-    partner = iou[top].argmax(axis=1)
-    out["topk_agree"] = float(np.mean([gl[p] == rl[t] and iou[t, p] >= 0.5 for t, p in zip(top, partner)]))
-    return out
-
-
 def task_parity(args: argparse.Namespace) -> dict[str, Any]:
     """Detections and masks of each precision of ``--engines`` against the transformers pipeline."""
     import numpy as np
     import torch
-    from transformers import Owlv2ForObjectDetection, Owlv2Processor, Sam2Model, Sam2Processor
 
+    from export.acceptance import compare_detections
+    from export.reference import ReferencePipeline
     from runtime.backends import onnxruntime_opener
     from runtime.graphs import PRECISION_ACCEPTANCE, SAM2_DECODER_MULTIMASK
     from runtime.manifest import load_manifest
@@ -303,10 +253,8 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
     manifest = load_manifest(args.engines)
     precisions = [p for p in PRECISIONS if all(p in g["files"] for g in manifest.graphs.values())]
     ort_int8 = all(manifest.onnxruntime_entry(name, "int8") for name in manifest.graphs)
-    owl_model = Owlv2ForObjectDetection.from_pretrained(args.owl_model).eval()
-    owl_proc = Owlv2Processor.from_pretrained(args.owl_model)
-    sam_model = Sam2Model.from_pretrained(args.sam_model).eval()
-    sam_proc = Sam2Processor.from_pretrained(args.sam_model)
+    reference = ReferencePipeline.load(args.owl_model, args.sam_model)
+    sam_model, sam_proc = reference.sam.model, reference.sam.processor
     texts = [f"a photo of a {p}" for p in PROMPTS]
     sizes = [(480, 640), (720, 1280), (640, 480), (500, 500)]
     images = [synthetic_image(*sizes[i % len(sizes)], seed=1000 + i, num_shapes=6, rectangles=True, noise=0.02)
@@ -320,11 +268,8 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
         boxes.append(np.stack([x0, y0, np.minimum(x0 + bw, w), np.minimum(y0 + bh, h)], 1).astype(np.float32))
     refs = []
     for img, bx in zip(images, boxes):
-        inputs = owl_proc(text=[texts], images=img, return_tensors="pt")
-        with torch.inference_mode():
-            out = owl_model(**inputs)
-        (r,) = owl_proc.post_process_grounded_object_detection(out, threshold=args.threshold, target_sizes=[img.shape[:2]])
-        det = (r["boxes"].numpy(), r["scores"].numpy(), r["labels"].numpy())
+        r = reference.detect(img, texts, args.threshold)
+        det = (r.boxes, r.scores, r.labels)
         inputs = sam_proc(images=img, input_boxes=[bx.tolist()], return_tensors="pt")
         with torch.inference_mode():  # one encoder pass: the multimask call reuses its image embeddings
             out = sam_model(**inputs, multimask_output=False)
@@ -418,7 +363,8 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
     images = read_calibration_images(args.calib_dir, 1, min_images=1, progress=False)
     inputs = CalibrationInputs(manifest.root, images, OwlPreprocessing.from_dict(manifest.preprocessing("owl")),
                                Sam2Preprocessing.from_dict(manifest.preprocessing("sam")),
-                               manifest.sizes["owl_text_length"], progress=False)
+                               manifest.sizes["owl_text_length"], progress=False, sizes=manifest.sizes,
+                               max_dims={d: r["max"] for d, r in manifest.data["profiles"].items()})
     rows = []
     try:
         for name in args.graphs or list(manifest.graphs):
@@ -460,12 +406,14 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineArgumentParser(prog="python -m tools.bench.precision", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("checkpoints", help="write full-size random-weight checkpoints")
     c.add_argument("out", type=Path)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--owl-arch", choices=OWL_ARCHES, default=OWL_B16, help="tiny: the tiny test architecture")
+    c.add_argument("--sam-arch", choices=SAM_ARCHES, default="hiera-small", help="tiny: the tiny test architecture")
     c = sub.add_parser("images", help="write synthetic calibration/test images")
     c.add_argument("out", type=Path)
     c.add_argument("--count", type=whole_number(0), default=16)
@@ -504,10 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--threads", type=whole_number(), default=2)
     for c in sub.choices.values():
         c.add_argument("--json", type=Path, help="also write the result as JSON here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     result: Any = None
     if args.command == "checkpoints":
-        write_fullsize_checkpoints(args.out, args.seed)
+        write_fullsize_checkpoints(args.out, args.seed, owl_arch=args.owl_arch, sam_arch=args.sam_arch)
     elif args.command == "images":
         write_synthetic_images(args.out, args.count, args.seed)
     elif args.command == "precisions":
@@ -519,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "latency":
         result = latency(args)
     if result is not None and args.json:
-        args.json.write_text(json.dumps(with_environment(result), indent=1, default=str))
+        write_json(args.json, with_machine("tools.bench.precision", result, argv))
     return 0
 
 

@@ -1,52 +1,20 @@
-#!/usr/bin/env python
 """PyTorch reference baseline: OWLv2-B/16 (text-prompted detection) + SAM2.1-hiera-small (box-prompted
 segmentation), full-size architectures with RANDOM weights (no hub access needed), timed stage by stage.
 
-Self-contained on purpose: needs only torch, torchvision, transformers, numpy and pillow, and imports
-nothing from the rest of this repository, so it can be copied onto any GPU box and run as
-
-    python tools/bench/torch_pipeline.py --runs 10 --warmup 3 --json torch_baseline.json
+    python -m tools.bench.torch_pipeline --runs 10 --warmup 3 --json torch_baseline.json
     python -m tools.bench.torch_pipeline --device cpu --runs 1 --warmup 0 --modes eager-fp32 --boxes 2
+    python -m tools.bench.torch_pipeline --owl-model DIR --sam-model DIR ...   (local checkpoints instead)
 
-Random weights give the same latency as the real checkpoints (same shapes, same kernels); only the number
-of detections is meaningless, which is why the SAM2 boxes here are synthetic and fixed (``--boxes``).
-
-Stages (each synchronised on GPU, median over ``--runs`` after ``--warmup``):
-    preprocess_owl    Owlv2ImageProcessor on a 1280x720 uint8 image (+ host->device copy)
-    preprocess_sam2   Sam2Processor (image processor + box normalisation) on the same image (+ copy)
-    owl_text          text tower + projection + L2 norm for --prompts prompts (16 tokens each)
-    owl_image         Owlv2ForObjectDetection.image_embedder (ViT-B/16 at 960x960, 3600 patches)
-    owl_heads         class_predictor + objectness_predictor + box_predictor
-    owl_post          image processor's post_process_object_detection
-    sam2_image        Sam2Model.get_image_embeddings (= get_image_features + no-memory embedding + reshape)
-    sam2_decoder      prompt encoder + mask decoder, all --boxes boxes in ONE call (multimask_output=False)
-    mask_post         post_process_masks of those masks to 1280x720
-    sam2_decoder_1box, mask_post_1box   the same for a single box (what SOWLv2 runs per box)
-
-Pipeline totals per image:
-    fair     preprocess_owl + preprocess_sam2 + owl_image + owl_heads + owl_post + sam2_image
-             + sam2_decoder(B boxes) + mask_post     (text embeddings cached per prompt set, as in DESIGN.md)
-    fair+text  fair + owl_text
-    sowlv2   preprocess_owl + owl_text + owl_image + owl_heads + owl_post
-             + B x (preprocess_sam2 + sam2_image + sam2_decoder_1box + mask_post_1box)
-             (SOWLv2 runs the full OWL forward, text included, per image, then set_image + predict per box)
-Each total is given as the sum of stage medians and, unless --skip-e2e, as the median of a measured
-end-to-end pass (synchronised only at the end).
-
-Modes (--modes, comma separated): eager-fp32, autocast-fp16 (on CPU: autocast-bf16), autocast-bf16,
-compile (torch.compile, default mode, of the OWL vision tower and the SAM2 vision encoder, fp32),
-compile-autocast-fp16 / compile-autocast-bf16. Compile time (first call) is reported apart from
-steady-state latency; a compile failure is recorded as a string instead of aborting the run.
+Random weights give the same latency as the real checkpoints (same shapes, same kernels). Stages,
+the *fair* and *sowlv2* totals and the modes (eager, autocast, torch.compile): docs/ARCHITECTURE.md
+("Measuring methods").
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -59,9 +27,10 @@ from PIL import Image
 
 import transformers
 
+from tools.bench.common import (OWL_B16, Timer, command_line, fmt, owl_config, parameters_m, parse_mode, sam2_config,
+                                torch_machine_info, write_json)
+
 IMAGE_W, IMAGE_H = 1280, 720
-OWL_IMAGE_SIZE = 960
-OWL_PATCH = 16
 SAM_IMAGE_SIZE = 1024
 TEXT_LEN = 16
 BOS, EOS, PAD = 49406, 49407, 0
@@ -112,146 +81,38 @@ def _tf_class(name: str):
     return cls
 
 
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "cudnn": None,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "device": str(device),
-        "gpu": None,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
-    try:
-        import torchvision
-
-        info["torchvision"] = torchvision.__version__
-    except Exception as e:  # noqa: BLE001
-        info["torchvision"] = f"not importable: {e}"
-    try:
-        import PIL
-
-        info["pillow"] = PIL.__version__
-    except Exception:  # noqa: BLE001
-        pass
-    from tools.bench.environment import cpu_info, package_versions
-
-    info["cpu"], info["packages"] = cpu_info(), package_versions()
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-        info["gpu_capability"] = f"{props.major}.{props.minor}"
-        try:
-            info["cudnn"] = torch.backends.cudnn.version()
-        except Exception:  # noqa: BLE001
-            pass
-    return info
-
-
-def command_line() -> str:
-    argv = getattr(sys, "orig_argv", None)  # Python >= 3.10: the exact interpreter command line
-    if not argv:
-        argv = [sys.executable] + sys.argv
-    return " ".join(shlex.quote(a) for a in argv)
-
-
 # --------------------------------------------------------------------------------------------------
 # Models (random weights, full size)
 
 
-def build_owl():
-    """OWLv2 B/16 as google/owlv2-base-patch16-ensemble.
+def build_owl(model_dir: str | None = None):
+    """OWLv2 B/16 as google/owlv2-base-patch16-ensemble (random weights, transformers' init), or the local
+    checkpoint ``model_dir``: (model, image processor, tokenizer or None: synthetic CLIP ids)."""
+    from transformers import Owlv2ForObjectDetection
 
-    Owlv2Config() defaults already are the B/16 text tower (hidden 512, 12 layers, 8 heads, 16 positions,
-    vocab 49408) and the ViT-B vision tower (hidden 768, 12 layers, 12 heads) with projection_dim 512; only
-    the vision image_size (default 768) and patch_size (default 32) differ from the ensemble checkpoint,
-    which uses 960 / 16 (60x60 = 3600 patches).
-    """
-    from transformers import Owlv2Config, Owlv2ForObjectDetection
+    if model_dir:
+        from transformers import Owlv2Processor
 
-    config = Owlv2Config(vision_config={"image_size": OWL_IMAGE_SIZE, "patch_size": OWL_PATCH})
+        processor = Owlv2Processor.from_pretrained(model_dir)
+        return Owlv2ForObjectDetection.from_pretrained(model_dir).eval(), processor.image_processor, processor.tokenizer
+    config = owl_config(OWL_B16)
     model = Owlv2ForObjectDetection(config).eval()
-    proc = _tf_class("Owlv2ImageProcessor")(size={"height": OWL_IMAGE_SIZE, "width": OWL_IMAGE_SIZE})
-    return model, proc
+    side = config.vision_config.image_size
+    proc = _tf_class("Owlv2ImageProcessor")(size={"height": side, "width": side})
+    return model, proc, None
 
 
-def sam2_small_config():
-    """Sam2Config matching facebook/sam2.1-hiera-small.
-
-    Field names: transformers' models/sam2/configuration_sam2.py (Sam2HieraDetConfig, Sam2VisionConfig,
-    Sam2PromptEncoderConfig, Sam2MaskDecoderConfig; checked against 5.24, same names in 4.56+).
-    Values: Meta's sam2/configs/sam2.1/sam2.1_hiera_s.yaml (trunk embed_dim 96, num_heads 1,
-    stages [1, 2, 11, 2], global_att_blocks [7, 10, 13], window_pos_embed_bkg_spatial_size [7, 7];
-    neck d_model 256, backbone_channel_list [768, 384, 192, 96]; image_size 1024), which is also the
-    "sam2.1_hiera_small" entry of transformers' SAM2 conversion script. The Sam2HieraDetConfig defaults are
-    hiera-*tiny* (blocks [1, 2, 7, 2], global attention [5, 7, 9]); the rest (dims [96, 192, 384, 768],
-    heads [1, 2, 4, 8], windows [8, 4, 14, 7], patch 7/4/3, query stride 2, FPN 256, feature sizes
-    256/128/64, prompt encoder 256 / 1024 / 16, mask decoder 256 / mlp 2048 / 2 layers / 8 heads) is shared
-    by tiny and small, but is spelled out here so that a change of defaults cannot silently change the model.
-    """
-    from transformers import Sam2Config
-
-    backbone = {
-        "model_type": "sam2_hiera_det_model",
-        "hidden_size": 96,
-        "num_attention_heads": 1,
-        "num_channels": 3,
-        "image_size": [SAM_IMAGE_SIZE, SAM_IMAGE_SIZE],
-        "patch_kernel_size": [7, 7],
-        "patch_stride": [4, 4],
-        "patch_padding": [3, 3],
-        "query_stride": [2, 2],
-        "window_positional_embedding_background_size": [7, 7],
-        "num_query_pool_stages": 3,
-        "blocks_per_stage": [1, 2, 11, 2],
-        "embed_dim_per_stage": [96, 192, 384, 768],
-        "num_attention_heads_per_stage": [1, 2, 4, 8],
-        "window_size_per_stage": [8, 4, 14, 7],
-        "global_attention_blocks": [7, 10, 13],
-        "mlp_ratio": 4.0,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6,
-    }
-    vision = {
-        "model_type": "sam2_vision_model",
-        "backbone_config": backbone,
-        "backbone_channel_list": [768, 384, 192, 96],
-        "backbone_feature_sizes": [[256, 256], [128, 128], [64, 64]],
-        "fpn_hidden_size": 256,
-        "fpn_kernel_size": 1,
-        "fpn_stride": 1,
-        "fpn_padding": 0,
-        "fpn_top_down_levels": [2, 3],
-        "num_feature_levels": 3,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6,
-    }
-    prompt = {"hidden_size": 256, "image_size": SAM_IMAGE_SIZE, "patch_size": 16, "mask_input_channels": 16}
-    decoder = {
-        "hidden_size": 256,
-        "mlp_dim": 2048,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 8,
-        "attention_downsample_rate": 2,
-        "num_multimask_outputs": 3,
-        "iou_head_depth": 3,
-        "iou_head_hidden_dim": 256,
-        "dynamic_multimask_via_stability": True,
-        "dynamic_multimask_stability_delta": 0.05,
-        "dynamic_multimask_stability_thresh": 0.98,
-    }
-    return Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
-
-
-def build_sam2():
+def build_sam2(model_dir: str | None = None):
+    """SAM2.1-hiera-small (random weights, transformers' init), or the local checkpoint ``model_dir``:
+    (model, image processor, processor or None: boxes normalised by hand)."""
     from transformers import Sam2Model
 
-    config = sam2_small_config()
+    if model_dir:
+        from transformers import Sam2Processor
+
+        processor = Sam2Processor.from_pretrained(model_dir)
+        return Sam2Model.from_pretrained(model_dir).eval(), processor.image_processor, processor
+    config = sam2_config("hiera-small")
     bb = config.vision_config.backbone_config
     assert list(bb.blocks_per_stage) == [1, 2, 11, 2], bb.blocks_per_stage
     assert list(bb.global_attention_blocks) == [7, 10, 13], bb.global_attention_blocks
@@ -267,27 +128,30 @@ def build_sam2():
     return model, image_proc, processor
 
 
-def n_params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 # --------------------------------------------------------------------------------------------------
 # Inputs
 
 
-def make_inputs(num_prompts: int, num_boxes: int):
+def make_inputs(num_prompts: int, num_boxes: int, tokenizer=None, text_length: int = TEXT_LEN):
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, size=(IMAGE_H, IMAGE_W, 3), dtype=np.uint8))  # RGB uint8
-    # Synthetic CLIP token ids (no tokenizer offline): BOS, 2..6 word ids, EOS, zero padding to 16.
-    # EOS (49407) is the largest id, as OWLv2's argmax pooling requires.
-    ids = np.zeros((num_prompts, TEXT_LEN), dtype=np.int64)
-    for p in range(num_prompts):
-        n_words = 2 + p % 5
-        words = [320 + (p * 37 + 11 * k) % 40000 for k in range(n_words)]
-        row = [BOS] + words + [EOS]
-        ids[p, : len(row)] = row
-    input_ids = torch.from_numpy(ids)
-    attention_mask = (input_ids != PAD).long()
+    if tokenizer is not None:  # a local checkpoint's own vocabulary
+        tokens = tokenizer([f"a photo of object {p}" for p in range(num_prompts)], padding="max_length",
+                           max_length=text_length, truncation=True, return_tensors="pt")
+        input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
+    else:
+        # Synthetic CLIP token ids (no tokenizer offline): BOS, 2..6 word ids, EOS, zero padding to 16.
+        # EOS (49407) is the largest id, as OWLv2's argmax pooling requires.
+        ids = np.zeros((num_prompts, TEXT_LEN), dtype=np.int64)
+        for p in range(num_prompts):
+            n_words = 2 + p % 5
+            words = [320 + (p * 37 + 11 * k) % 40000 for k in range(n_words)]
+            row = [BOS] + words + [EOS]
+            ids[p, : len(row)] = row
+        input_ids = torch.from_numpy(ids)
+        attention_mask = (input_ids != PAD).long()
     # Fixed synthetic boxes (x1, y1, x2, y2) in pixels of the 1280x720 image, spread over a grid.
     boxes = []
     cols = max(1, int(np.ceil(np.sqrt(num_boxes))))
@@ -396,47 +260,6 @@ class Pipeline:
 
 # --------------------------------------------------------------------------------------------------
 # Timing
-
-
-class Timer:
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def __call__(self, fn, *a, **kw):
-        self.sync()
-        t0 = time.perf_counter()
-        out = fn(*a, **kw)
-        self.sync()
-        return out, (time.perf_counter() - t0) * 1e3
-
-
-def parse_mode(name: str, device: torch.device):
-    """-> (display name, compile?, autocast dtype or None, note)"""
-    n = name.strip()
-    comp = n.startswith("compile")
-    rest = n[len("compile") :].lstrip("-") if comp else n
-    note = None
-    if rest in ("", "eager-fp32", "fp32"):
-        amp = None
-        if not comp and rest != "eager-fp32":
-            raise ValueError(f"unknown mode {name!r}")
-    elif rest == "autocast-fp16":
-        amp = torch.float16
-        if device.type == "cpu":
-            amp, note = torch.bfloat16, "autocast-fp16 requested on CPU: ran bfloat16 autocast instead"
-            n = n.replace("autocast-fp16", "autocast-bf16")
-    elif rest == "autocast-bf16":
-        amp = torch.bfloat16
-    else:
-        raise ValueError(
-            f"unknown mode {name!r} (eager-fp32, autocast-fp16, autocast-bf16, compile, compile-autocast-fp16, "
-            "compile-autocast-bf16)"
-        )
-    return n, comp, amp, note
 
 
 def _err(e: BaseException) -> str:
@@ -605,10 +428,6 @@ def run_mode(pipe: Pipeline, mode: str, device, args, inputs) -> dict:
 # Report
 
 
-def fmt(v, digits=1):
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
 def markdown(report: dict) -> str:
     m = report["machine"]
     modes = report["results"]
@@ -624,9 +443,10 @@ def markdown(report: dict) -> str:
     c = report["config"]
     lines.append(
         f"setup: image {IMAGE_W}x{IMAGE_H}, prompts {c['prompts']}, boxes {c['boxes']}, runs {c['runs']}, "
-        f"warmup {c['warmup']}; OWLv2 B/16@960 ({c['owl_params_m']:.1f} M params, attn {c['owl_attn']}, "
-        f"processor {c['owl_processor']}), SAM2.1 hiera-small ({c['sam2_params_m']:.1f} M params, "
-        f"attn {c['sam2_attn']}, processor {c['sam2_processor']}); random weights"
+        f"warmup {c['warmup']}; {c.get('owl_model') or 'OWLv2 B/16@960'} ({c['owl_params_m']:.1f} M params, "
+        f"attn {c['owl_attn']}, processor {c['owl_processor']}), {c.get('sam_model') or 'SAM2.1 hiera-small'} "
+        f"({c['sam2_params_m']:.1f} M params, attn {c['sam2_attn']}, processor {c['sam2_processor']}); "
+        + ("random weights" if c["weights"].startswith("random") else "checkpoints")
     )
     lines.append("")
     lines.append("| stage (ms, median) | " + " | ".join(names) + " |")
@@ -701,6 +521,8 @@ def main(argv=None) -> int:
     ap.add_argument("--matmul-precision", default=None, choices=["highest", "high", "medium"],
                     help="torch.set_float32_matmul_precision (default: leave PyTorch's default, 'highest' = no TF32)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--owl-model", default=None, help="a local OWLv2 checkpoint instead of random B/16 weights")
+    ap.add_argument("--sam-model", default=None, help="a local SAM2 checkpoint instead of random hiera-small weights")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.prompts < 1 or args.boxes < 1:
@@ -719,23 +541,24 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
-    machine = machine_info(device)
+    machine = torch_machine_info(device)
     print(f"transformers {transformers.__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"device {device}{' (' + machine['gpu'] + ')' if machine['gpu'] else ''}, {os.cpu_count()} CPUs", flush=True)
-    print(f"command: {command_line()}", flush=True)
+    command = command_line("tools.bench.torch_pipeline", argv)
+    print(f"command: {command}", flush=True)
 
     t0 = time.perf_counter()
-    owl, owl_proc = build_owl()
-    sam, sam_proc, sam_processor = build_sam2()
+    owl, owl_proc, tokenizer = build_owl(args.owl_model)
+    sam, sam_proc, sam_processor = build_sam2(args.sam_model)
     build_s = time.perf_counter() - t0
     owl.to(device)
     sam.to(device)
     # Expected (transformers 5.24): OWLv2 155.0 M, SAM2 38.5 M (image path only, no video memory modules).
-    print(f"models built in {build_s:.1f} s (OWLv2 {n_params(owl) / 1e6:.1f} M, SAM2 {n_params(sam) / 1e6:.1f} M "
-          "params; expected 155.0 M / 38.5 M)", flush=True)
+    print(f"models built in {build_s:.1f} s (OWLv2 {parameters_m(owl):.1f} M, SAM2 {parameters_m(sam):.1f} M "
+          "params; random weights: expected 155.0 M / 38.5 M)", flush=True)
 
     pipe = Pipeline(owl, owl_proc, sam, sam_proc, sam_processor, device, args.gpu_preprocess)
-    inputs = make_inputs(args.prompts, args.boxes)
+    inputs = make_inputs(args.prompts, args.boxes, tokenizer, owl.config.text_config.max_position_embeddings)
 
     results = []
     with torch.inference_mode():
@@ -748,7 +571,7 @@ def main(argv=None) -> int:
 
     sam_pp = sam_processor if sam_processor is not None else sam_proc
     report = {
-        "command": command_line(),
+        "command": command,
         "machine": machine,
         "config": {
             "device": str(device),
@@ -759,9 +582,12 @@ def main(argv=None) -> int:
             "image_wh": [IMAGE_W, IMAGE_H],
             "skip_e2e": args.skip_e2e,
             "gpu_preprocess": args.gpu_preprocess,
-            "weights": "random (architectures: google/owlv2-base-patch16-ensemble, facebook/sam2.1-hiera-small)",
-            "owl_params_m": n_params(owl) / 1e6,
-            "sam2_params_m": n_params(sam) / 1e6,
+            "weights": ("random (architectures: google/owlv2-base-patch16-ensemble, facebook/sam2.1-hiera-small)"
+                        if not (args.owl_model or args.sam_model) else "checkpoints"),
+            "owl_model": args.owl_model or "OWLv2 B/16@960",
+            "sam_model": args.sam_model or "SAM2.1 hiera-small",
+            "owl_params_m": parameters_m(owl),
+            "sam2_params_m": parameters_m(sam),
             "owl_attn": getattr(owl.config, "_attn_implementation", None),
             "sam2_attn": getattr(sam.config, "_attn_implementation", None),
             "owl_processor": f"{type(owl_proc).__module__}.{type(owl_proc).__name__}",
@@ -775,11 +601,7 @@ def main(argv=None) -> int:
     print()
     print(report["markdown"])
     if args.json:
-        d = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(d, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=str)
-        print(f"\nwrote {args.json}")
+        print(f"\nwrote {write_json(args.json, report)}")
     # Exit 0 when at least one mode produced numbers: a failed compile is a result, not a crash.
     return 0 if any("stages_ms" in r for r in results) else 1
 

@@ -1,65 +1,19 @@
 """PyTorch tracking baseline: frames/s of transformers' own ``Sam2VideoModel`` streaming video inference
 for 1, 4 and 16 box-prompted objects, to set beside ``tools.bench.tracking`` (our tracker).
 
-    python -m tools.bench.torch_tracking [--device cuda|cpu] [--arch hiera-small|hiera-tiny | --model DIR]
-                                            [--objects 1 4 16] [--frames 20] [--warmup 15] [--size 480x640]
-                                            [--modes eager-fp32,autocast-fp16] [--threads N] [--json FILE]
+    python -m tools.bench.torch_tracking [--device cuda|cpu] [--arch hiera-small|hiera-tiny|tiny | --model DIR]
+                                         [--objects 1 4 16] [--frames 20] [--warmup 15] [--size 480x640]
+                                         [--modes eager-fp32,autocast-fp16] [--threads N] [--json FILE]
 
-Without ``--model`` the model has random weights (re-initialised to order-1 outputs, as
-``tools.bench.fullsize`` does) and the real architecture of ``facebook/sam2.1-<arch>``: the image
-model from ``tools.bench.fullsize.sam2_config`` and transformers' default memory modules, which are
-those of every SAM2.1 size (the same model ``tools.bench.tracking`` exports). The work per frame
-does not depend on the weights. ``--model DIR`` loads a local ``Sam2VideoModel`` checkpoint and its
-``Sam2VideoProcessor`` instead (e.g. ``DIR/sam2`` of ``python -m tools.tiny_checkpoints DIR``).
-
-The video is ``tools.bench.synthetic.MovingShapes(None, H, W, num_shapes=N, seed=0, speed=4.0)`` with the
-boxes ``.boxes(0)`` on frame 0: the same frames and boxes as ``tools.bench.tracking speed``. Frames
-are generated before the clock starts. Each (mode, object count) row is a fresh session, streamed
-the way transformers documents it: ``processor.init_video_session(inference_device=...)``, then for
-frame 0 ``processor.add_inputs_to_inference_session(session, frame_idx=0, obj_ids=[1..N],
-input_boxes=[boxes], original_size=(H, W))``, then one ``model(inference_session=session,
-frame=pixel_values, frame_idx=t)`` per frame. Frame 0 is the prompted frame and frames 1..``--warmup``
-are tracked untimed, so that every timed frame attends to a full memory bank: ``--warmup`` must be at
-least ``num_maskmem - 1`` (6 for SAM2.1: the bank is the prompted frame plus the 6 previous
-frames); the default 15 also fills the object-pointer list (``max_object_pointers_in_encoder`` = 16,
-the prompted frame's and 15 previous ones), the steady state ``tools.bench.tracking`` times.
-
-Per timed frame, each stage synchronised on CUDA before and after:
-    preprocess     processor(images=frame, device=device): the image processor (resize to 1024, rescale,
-                   normalise), on the device
-    image_encoder  model.get_image_features(pixel_values): Hiera + FPN + the decoder's high-resolution
-                   projections, exactly the call ``Sam2VideoModel._prepare_vision_features`` makes; its
-                   output goes into the session's vision-feature cache
-                   (``session.cache.cache_vision_features``), where the model call finds it. A forward
-                   hook on ``model.vision_encoder`` checks that the model call does not run it again.
-    tracking       model(inference_session=session, frame=pixel_values, frame_idx=t): per object, one
-                   after another in a Python loop (transformers does not batch objects here), memory
-                   attention over the bank + prompt encoder + mask decoder + object pointer; then one
-                   memory-encoder call batched over all objects, and the session's bookkeeping
-    postprocess    processor.post_process_masks(pred_masks, original_sizes=[(H, W)], binarize=True), then
-                   the masks copied to the host (our tracker returns numpy masks)
-``ms_per_frame`` is the median over the timed frames of each frame's wall time (all four stages);
-``frames_per_s`` = 1000 / ``ms_per_frame``. The stage medians need not add up to it exactly.
-
-Modes (``--modes``, comma separated): eager-fp32; autocast-fp16 (on CPU: bfloat16 autocast instead,
-with a note, as ``tools.bench.torch_pipeline``); autocast-bf16. Autocast wraps the image encoder and the
-tracking call; pre- and post-processing run outside it.
-
-Memory (CUDA): ``peak_gpu_memory_gib`` is ``torch.cuda.max_memory_allocated`` over the row (weights
-included). transformers' session keeps every processed frame (a 3x1024x1024 float32 tensor on the
-device) and every frame's outputs (high-resolution masks included) for as long as the session lives,
-so memory grows with the video; ``gpu_memory_growth_mib_per_frame`` is that growth over the timed
-frames, and the peak is the one after 1 + ``--warmup`` + ``--frames`` frames.
-
-Output: a markdown table (with the machine and the command line) on stdout, and with ``--json`` the
-same as JSON. A row that fails (e.g. a dtype error under autocast) is recorded with its error and
-the run goes on; the exit status is then 1. Measurements only: nothing is asserted.
+Random weights of the real architecture (``tools.bench.common``) or a local checkpoint; per timed
+frame, each stage synchronised: preprocess, image_encoder, tracking, postprocess (the method:
+docs/ARCHITECTURE.md, "Measuring methods"). A row that fails is recorded with its error and the run
+goes on; the exit status is then 1. Measurements only: nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -69,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
-from tools.bench.fullsize import SAM_ARCHES
-from tools.bench.tracking import _size
+from tools.bench.common import (SAM_ARCHES, TINY, Timer, command_line, fmt, image_size_arg, parameters_m, parse_mode,
+                                random_sam, sam2_processor, torch_machine_info, write_json)
 
 MODES = ("eager-fp32", "autocast-fp16", "autocast-bf16")
 STAGES = ("preprocess", "image_encoder", "tracking", "postprocess")
@@ -83,8 +37,7 @@ DEFAULT_WARMUP = 15  # max_object_pointers_in_encoder - 1: full memory bank and 
 
 def build_model(arch: str | None, model_dir: str | None, seed: int = 0) -> tuple[Any, Any, str]:
     """(Sam2VideoModel in eval mode, Sam2VideoProcessor, a description of the source)."""
-    from transformers import (Sam2ImageProcessor, Sam2VideoConfig, Sam2VideoModel, Sam2VideoProcessor,
-                              Sam2VideoVideoProcessor)
+    from transformers import Sam2VideoModel, Sam2VideoProcessor
 
     if model_dir:
         try:
@@ -96,20 +49,9 @@ def build_model(arch: str | None, model_dir: str | None, seed: int = 0) -> tuple
                             f"({first}); pass a SAM2 video checkpoint directory") from None
         return model.eval(), processor, str(model_dir)
 
-    import torch
-
-    from tools.bench.fullsize import sam2_config
-    from tools.tiny_checkpoints import reinitialise
-
-    torch.manual_seed(seed)
-    image_cfg = sam2_config(arch)
-    cfg = Sam2VideoConfig(vision_config=image_cfg.vision_config.to_dict(), prompt_encoder_config={},
-                          mask_decoder_config={})
-    model = Sam2VideoModel(cfg)
-    reinitialise(model, seed)
-    processor = Sam2VideoProcessor(image_processor=Sam2ImageProcessor(), video_processor=Sam2VideoVideoProcessor(),
-                                   target_size=1024)
-    return model.eval(), processor, f"random facebook/sam2.1-{arch}"
+    model = random_sam(arch, seed, init="order1", video=True).model
+    processor = sam2_processor(model.config, video=True)
+    return model, processor, "random tiny" if arch == TINY else f"random facebook/sam2.1-{arch}"
 
 
 class EncoderCalls:
@@ -138,10 +80,7 @@ def track_row(model: Any, processor: Any, device: Any, amp: Any, frames: list, b
     import torch
 
     cuda = device.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
+    sync = Timer(device).sync
 
     def autocast():
         return torch.autocast(device_type=device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
@@ -236,7 +175,6 @@ def track_row(model: Any, processor: Any, device: Any, amp: Any, frames: list, b
 
 
 def markdown(report: dict[str, Any]) -> str:
-    from tools.bench.torch_pipeline import fmt  # imports torch: only once there is a report
     m, c = report["machine"], report["config"]
     lines = [
         f"command: `{report['command']}`",
@@ -298,7 +236,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=whole_number(0), default=DEFAULT_WARMUP,
                    help=f"untimed tracked frames after the prompted one (at least num_maskmem - 1; default "
                         f"{DEFAULT_WARMUP} also fills the object pointers)")
-    p.add_argument("--size", type=_size, default=(480, 640), help="frame HEIGHTxWIDTH")
+    p.add_argument("--size", type=image_size_arg, default=(480, 640), help="frame HEIGHTxWIDTH")
     p.add_argument("--modes", type=_modes, default=["eager-fp32", "autocast-fp16"],
                    help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--threads", type=whole_number(), help="torch.set_num_threads (default: PyTorch's)")
@@ -318,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # imported here, not at the top, to keep --help and flag errors fast
 
     from tools.bench.synthetic import MovingShapes
-    from tools.bench.torch_pipeline import command_line, machine_info, parse_mode
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -335,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup < cfg.num_maskmem - 1:
         raise UserError(f"--warmup {args.warmup} leaves the memory bank of {cfg.num_maskmem} frames part empty; "
                         f"use --warmup {cfg.num_maskmem - 1} or more")
-    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    params_m = parameters_m(model)
     say(f"{source}: {params_m:.1f} M parameters, built in {build_s:.1f} s, on {device}")
 
     h, w = args.size
@@ -359,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(row)
 
     report = {
-        "command": command_line(),
-        "machine": machine_info(device),
+        "command": command_line("tools.bench.torch_tracking", argv),
+        "machine": torch_machine_info(device),
         "config": {
             "device": str(device),
             "model": source,
@@ -389,10 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     report["markdown"] = markdown(report)
     print(report["markdown"])
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1, default=str))
-        say(f"wrote {path}")
+        say(f"wrote {write_json(args.json, report)}")
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -1,11 +1,11 @@
 """Tracking speed and memory on ONNX Runtime (CPU): frames/s per object count, time per stage, RSS.
 
-    python -m tools.bench.tracking speed [--arch hiera-small|hiera-tiny] [--objects 1 4 16] [--frames 3]
+    python -m tools.bench.tracking speed [--arch hiera-small|hiera-tiny|tiny | --engines DIR] [--objects 1 4 16] [--frames 3]
                                            [--objects-per-call N] [--threads 2] [--size 480x640] [--json F]
     python -m tools.bench.tracking rss --engines DIR [--frames 10000] [--size 240x320] [--objects 3]
                                          [--redetect-every N --prompt P ...]
 
-``speed`` builds a random-weight ``Sam2VideoModel`` with the real architecture (``tools.bench.fullsize``'s
+``speed`` builds a random-weight ``Sam2VideoModel`` with the real architecture (``tools.bench.common``'s
 configs; the memory modules are transformers' defaults, those of every SAM2.1 size), exports
 ``sam2_image`` and the five video graphs, and tracks N box-prompted objects through a generated video.
 Timing starts once every object's memory bank is full (7 memories, 16 pointers: the steady state of
@@ -27,46 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
-from tools.bench.environment import with_environment
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH (e.g. 480x640)") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"{text} is too small (at least 16x16)")
-    return h, w
+from tools.bench.common import SAM_ARCHES, image_size_arg, random_sam, rss_mb, with_machine, write_json
 
 
 def build_fullsize_graphs(arch: str, out: Path, threads: int, say) -> tuple[dict, Any, dict]:
     """Export sam2_image + the video graphs of a random-weight model; return ORT runners, the
     preprocessing and the sizes."""
-    import torch
-    from transformers import Sam2ImageProcessor, Sam2Processor, Sam2VideoConfig, Sam2VideoModel
-
     from export.graph_export import export_to_onnx
-    from export.models import LoadedModel
     from export.preprocessing import sam2_preprocessing_from_processor
     from export.sam2 import sam2_graph_exports, sam2_sizes
     from export.sam2_video import sam2_video_graph_exports, sam2_video_sizes
     from runtime.backends.onnxruntime import OrtGraph
     from runtime.graphs import SAM2_IMAGE
-    from tools.bench.fullsize import sam2_config
 
-    torch.manual_seed(0)
-    image_cfg = sam2_config(arch)
-    cfg = Sam2VideoConfig(vision_config=image_cfg.vision_config.to_dict(), prompt_encoder_config={},
-                          mask_decoder_config={})
-    model = Sam2VideoModel(cfg).eval()
-    processor = Sam2Processor(image_processor=Sam2ImageProcessor(), target_size=1024)
-    loaded = LoadedModel("sam", f"random {arch}", model, processor, "random", None)
+    loaded = random_sam(arch, seed=0, init="hf", video=True)
     sizes = sam2_sizes(loaded)
     sizes.update(sam2_video_sizes(loaded, sizes))
     exports = [g for g in sam2_graph_exports(loaded, sizes) if g.spec is SAM2_IMAGE]
@@ -78,8 +52,22 @@ def build_fullsize_graphs(arch: str, out: Path, threads: int, say) -> tuple[dict
         say(f"exported {g.spec.name} in {time.perf_counter() - t0:.0f} s "
             f"({sum(f.stat().st_size for f in files) / 2**20:.0f} MB)")
         graphs[g.spec.name] = OrtGraph(files[0], g.spec, intra_op_threads=threads)
-    pre = sam2_preprocessing_from_processor(processor)
+    pre = sam2_preprocessing_from_processor(loaded.processor)
     return graphs, pre, sizes
+
+
+def artifact_graphs(engines: Path, threads: int) -> tuple[dict, Any, dict]:
+    """sam2_image + the video graphs of an artifact exported with ``--video``, FP32 on ONNX Runtime; the
+    preprocessing and the sizes."""
+    from runtime.backends import onnxruntime_opener
+    from runtime.manifest import load_manifest
+    from runtime.preprocessing import Sam2Preprocessing
+    from runtime.tracker import TRACKING_GRAPHS
+
+    manifest = load_manifest(engines)
+    opener = onnxruntime_opener(manifest, intra_op_threads=threads)
+    graphs = {spec.name: opener(spec) for spec in TRACKING_GRAPHS}
+    return graphs, Sam2Preprocessing.from_dict(manifest.preprocessing("sam")), manifest.sizes
 
 
 def fill_banks(tracker, t: int) -> None:
@@ -103,7 +91,10 @@ def speed(args: argparse.Namespace) -> int:
     h, w = args.size
     results = []
     with tempfile.TemporaryDirectory(prefix="track-measure-") as tmp:
-        graphs, pre, sizes = build_fullsize_graphs(args.arch, Path(tmp), args.threads, say)
+        if args.engines:
+            graphs, pre, sizes = artifact_graphs(args.engines, args.threads)
+        else:
+            graphs, pre, sizes = build_fullsize_graphs(args.arch, Path(tmp), args.threads, say)
         for n in args.objects:
             tracker = Sam2Tracker(graphs, pre, sizes, max_objects_per_call=16, max_boxes_per_call=64,
                                   objects_per_call=args.objects_per_call)
@@ -115,18 +106,18 @@ def speed(args: argparse.Namespace) -> int:
                     tracker.timer.reset()
                     t0 = time.perf_counter()
                 tracker.step(video.frame(t))
-                say(f"{n} objects: frame {t} done ({_rss_mb() / 1024:.1f} GB resident)")
+                say(f"{n} objects: frame {t} done ({rss_mb() / 1024:.1f} GB resident)")
             wall = time.perf_counter() - t0
             stages = tracker.timer.per_frame_ms()
             results.append({"objects": n, "frames": args.frames, "fps": args.frames / wall,
                             "ms_per_frame": 1000 * wall / args.frames, "stages_ms": stages,
                             "objects_per_call": tracker.objects_per_call,
                             "attention_calls_per_frame": -(-n // tracker.objects_per_call),
-                            "load_average": os.getloadavg()[0], "rss_gb": _rss_mb() / 1024})
+                            "load_average": os.getloadavg()[0], "rss_gb": rss_mb() / 1024})
             say(json.dumps(results[-1]))
     print(format_speed(results, args, SAM2_MEMORY_ATTENTION.name))
     if args.json:
-        Path(args.json).write_text(json.dumps(with_environment(results), indent=2))
+        write_json(args.json, with_machine("tools.bench.tracking", results))
     return 0
 
 
@@ -140,7 +131,8 @@ def format_speed(results: list[dict], args: argparse.Namespace, attention: str) 
         lines.append(f"| {r['objects']} | {r['fps']:.3f} | {r['ms_per_frame']:.0f} | {cells} |")
     h, w = args.size
     lines.append("")
-    lines.append(f"Random-weight {args.arch} + SAM2.1 memory modules, ONNX Runtime CPU FP32, {args.threads} intra-op "
+    model = f"{args.engines}" if args.engines else f"Random-weight {args.arch} + SAM2.1 memory modules"
+    lines.append(f"{model}, ONNX Runtime CPU FP32, {args.threads} intra-op "
                  f"threads, {os.cpu_count()} cores; {h}x{w} frames; steady state (7 memories, 16 pointers per "
                  f"object); mean of {args.frames} frames; objects per memory-attention call: "
                  f"{results[0]['objects_per_call'] if results else '-'}; 1-min load average at the end: "
@@ -156,7 +148,8 @@ def rss(args: argparse.Namespace) -> int:
     from tools.bench.synthetic import MovingShapes
 
     if args.engines is None:
-        raise UserError("rss needs --engines DIR (an artifact exported with python -m export.build --video)")
+        raise UserError("rss needs --engines DIR (an artifact exported with python -m export.build --owl-model ID|DIR "
+                        "--sam-model ID|DIR --out DIR --video)")
     m = load_manifest(args.engines)
     opener = onnxruntime_opener(m, intra_op_threads=args.threads)
     tracker = Sam2Tracker.from_manifest(m, opener, max_objects=args.max_objects, forget_after=args.forget_after)
@@ -169,7 +162,7 @@ def rss(args: argparse.Namespace) -> int:
     for r in track(iter(video), tracker, detector, [f"a photo of {p}" for p in args.prompt],
                    boxes=None if args.prompt else video.boxes(0), redetect_every=args.redetect_every):
         if r.index + 1 in marks:
-            rows.append({"frame": r.index + 1, "rss_mb": round(_rss_mb(), 1), "objects": len(r),
+            rows.append({"frame": r.index + 1, "rss_mb": round(rss_mb(), 1), "objects": len(r),
                          "ms_per_frame": round(1000 * (time.perf_counter() - t0) / (r.index + 1), 2)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print("| frame | resident (MB) | objects | mean ms/frame so far |")
@@ -177,7 +170,7 @@ def rss(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"| {row['frame']} | {row['rss_mb']:.1f} | {row['objects']} | {row['ms_per_frame']:.1f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(with_environment(rows), indent=2))
+        write_json(args.json, with_machine("tools.bench.tracking", rows))
     return 0
 
 
@@ -185,20 +178,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineArgumentParser(prog="python -m tools.bench.tracking", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("speed", help="frames/s and per-stage time of full-size random-weight tracking")
-    s.add_argument("--arch", choices=("hiera-small", "hiera-tiny"), default="hiera-small")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--arch", choices=SAM_ARCHES, default="hiera-small", help="random-weight architecture (tiny: "
+                     "the tiny test architecture)")
+    src.add_argument("--engines", type=Path, help="time the FP32 graphs of this artifact (export.build --video) instead")
     s.add_argument("--objects", nargs="+", type=whole_number(), default=[1, 4, 16])
     s.add_argument("--frames", type=whole_number(), default=3, help="timed frames per object count (after one warm-up)")
     s.add_argument("--objects-per-call", type=whole_number(), default=1,
                    help="objects per memory-attention call (ORT materialises a 4096 x 28736 attention map per "
                         "object and layer: 470 MB each)")
-    s.add_argument("--size", type=_size, default=(480, 640), help="frame HEIGHTxWIDTH")
+    s.add_argument("--size", type=image_size_arg, default=(480, 640), help="frame HEIGHTxWIDTH")
     s.add_argument("--threads", type=whole_number(), default=2)
     s.add_argument("--json")
     r = sub.add_parser("rss", help="resident memory over a long generated stream")
     r.add_argument("--engines", type=Path)
     r.add_argument("--frames", type=whole_number(), default=10_000)
     r.add_argument("--every", type=whole_number(), default=1000, help="report every N frames")
-    r.add_argument("--size", type=_size, default=(240, 320))
+    r.add_argument("--size", type=image_size_arg, default=(240, 320))
     r.add_argument("--objects", type=whole_number(0), default=3, help="box-prompted shapes (without --prompt)")
     r.add_argument("--prompt", nargs="*", default=[], help="detect these with OWLv2 instead of box prompts")
     r.add_argument("--redetect-every", type=whole_number(0), default=30, help="0: the first frame only")

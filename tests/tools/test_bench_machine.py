@@ -1,10 +1,10 @@
-"""tools.bench.environment: what every result file records about the machine and the packages."""
+"""tools.bench.common's machine record: what every result file records about the CPU and the packages."""
 
 from __future__ import annotations
 
 import importlib.metadata
 
-from tools.bench.environment import PACKAGES, cpu_info, describe, environment
+from tools.bench.common import PACKAGES, cpu_info, describe_machine, machine_info, with_machine
 
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -28,9 +28,15 @@ def test_cpu_model_and_the_features_that_pick_kernels(tmp_path):
                    "features": ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"]}
 
 
-def test_environment_records_the_installed_versions():
-    env = environment()
+def test_the_machine_record_has_the_installed_versions():
+    env = machine_info()
     for pkg in ("onnx", "onnxscript", "onnx-ir", "onnxruntime", "torch", "transformers"):
         assert pkg in PACKAGES and env["packages"][pkg] == importlib.metadata.version(pkg)
-    line = describe(env)
+    line = describe_machine(env)
     assert f"onnxruntime {env['packages']['onnxruntime']}" in line and f"{env['cpu_count']} CPUs" in line
+
+
+def test_a_result_file_records_its_command_and_machine():
+    record = with_machine("tools.bench.blocks", {"ms": 1.0}, ["--layers", "2"])
+    assert record["command"].endswith("-m tools.bench.blocks --layers 2") and record["results"] == {"ms": 1.0}
+    assert record["machine"]["cpu"]["model"] and record["machine"]["packages"]["onnxruntime"]
