@@ -268,7 +268,7 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
     table = format_precision_table(outcome.rows) + ("\n" + format_flips(outcome.flips) if outcome.flips else "")
     if bad:
         say(table)
-        worst = ", ".join(sorted({f"{r.graph} {r.precision}" for r in bad}))
+        worst = ", ".join(sorted({f"{r.graph}{'' if r.flavour == 'portable' else ' (ort)'} {r.precision}" for r in bad}))
         raise ParityError(
             f"{len(bad)} of {len(outcome.rows) + len(outcome.flips)} precision parity checks failed ({worst}; table "
             "above); nothing was written: export without that precision, or calibrate on more representative images"

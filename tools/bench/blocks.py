@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from runtime.errors import OneLineArgumentParser, run_cli, whole_number
-from tools.bench.common import OWL_ARCHES, OWL_B16, owl_config, with_machine, write_json
+from tools.bench.common import OWL_ARCHES, OWL_B16, alternating_ms, owl_config, with_machine, write_json
 
 def onnxruntime_bf16_matmul() -> str:
     """Whether ONNX Runtime's CPU execution provider runs a bfloat16 MatMul ("yes", or its error)."""
@@ -45,32 +45,13 @@ def onnxruntime_bf16_matmul() -> str:
     return "yes"
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def cpu_times(fns: dict[str, Callable[[], Any]], runs: int, say) -> dict[str, list[float]]:
-    """Milliseconds of process CPU time per call, variants alternating, after one warm-up each."""
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(runs):
-        for k, f in fns.items():
-            t0 = time.process_time()
-            f()
-            times[k].append((time.process_time() - t0) * 1e3)
-        say(f"run {i + 1}/{runs} (1-min load {os.getloadavg()[0]:.1f}): "
-            + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in times.items()))
-    return times
-
-
 def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, say, arch: str = OWL_B16) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
     from transformers import Owlv2VisionConfig, Owlv2VisionModel
 
     from export.ort_flavour import fuse_for_onnxruntime, quantize_for_onnxruntime
+    from export.parity import cosine
     from runtime.graphs import GraphSpec, TensorSpec, Tolerance
     from tools.tiny_checkpoints import reinitialise
 
@@ -130,7 +111,7 @@ def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, sa
     opts.add_session_config_entry("session.disable_quant_qdq", "1")
     as_written = ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})[0]
     fused_out = fns["ONNX Runtime INT8"]()
-    fused_vs_written = float(_cosine(fused_out, as_written))
+    fused_vs_written = float(cosine(fused_out, as_written))
     pixels = torch.from_numpy(x)
 
     def torch_bf16() -> np.ndarray:
@@ -141,14 +122,16 @@ def measure(layers: int, runs: int, threads: int, modelopt: bool, work: Path, sa
     fns["PyTorch BF16 autocast"] = torch_bf16
     with torch.inference_mode():
         ref = fns["PyTorch FP32"]()
-        cosine = {name: _cosine(f(), ref) for name, f in fns.items()}
-        times = cpu_times(fns, runs, say)
+        cosines = {name: cosine(f(), ref) for name, f in fns.items()}
+        # process CPU time: work done, not waiting, so other work on the machine slows every variant alike
+        times = alternating_ms(fns, runs, time.process_time, lambda i, t: say(
+            f"run {i + 1}/{runs} (1-min load {os.getloadavg()[0]:.1f}): " + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in t.items())))
     base = float(np.median(times["ONNX Runtime FP32"]))
     return {"layers": layers, "arch": arch, "tokens": (size // vision["patch_size"]) ** 2 + 1, "threads": threads, "runs": runs,
             "onnxruntime_bf16_matmul": onnxruntime_bf16_matmul(),
             "onnxruntime_int8_fused_vs_fake_quantised_cosine": fused_vs_written,
             "variants": {name: {"cpu_ms_median": float(np.median(t)), "cpu_ms": t,
-                                "vs_onnxruntime_fp32": base / float(np.median(t)), "cosine_vs_pytorch_fp32": cosine[name]}
+                                "vs_onnxruntime_fp32": base / float(np.median(t)), "cosine_vs_pytorch_fp32": cosines[name]}
                          for name, t in times.items()}}
 
 

@@ -271,18 +271,27 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def median_ms(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, float]:
-    """Median wall time of each function in ms, after one warm-up call each. The functions take
-    turns, run by run, so that a machine whose load changes during the measurement slows them alike."""
+def alternating_ms(fns: dict[str, Callable[[], Any]], runs: int, clock: Callable[[], float] = time.perf_counter,
+                   progress: Callable[[int, dict[str, list[float]]], None] | None = None) -> dict[str, list[float]]:
+    """Milliseconds of each call by ``clock`` (wall time; ``time.process_time``: the process's CPU time),
+    after one warm-up call each. The functions take turns, run by run, so that a machine whose load
+    changes during the measurement slows them alike; ``progress(run, times)`` after each run."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
+    for i in range(runs):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[k].append((time.perf_counter() - t0) * 1000.0)
-    return {k: median(v) for k, v in times.items()}
+            times[k].append((clock() - t0) * 1000.0)
+        if progress is not None:
+            progress(i, times)
+    return times
+
+
+def median_ms(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, float]:
+    """Median wall time of each function in ms (:func:`alternating_ms`)."""
+    return {k: median(v) for k, v in alternating_ms(fns, runs).items()}
 
 
 class Timer:
