@@ -166,7 +166,7 @@ def test_int8_artifact_without_the_cpu_flavour_is_refused(tiny_precision_artifac
     for rec in data["graphs"].values():
         rec.get(ONNXRUNTIME, {}).pop("int8", None)
     (out / MANIFEST_NAME).write_text(json.dumps(data))
-    with pytest.raises(ArtifactError, match="its int8 graphs are TensorRT's.*re-export with python -m export.build --int8"):
+    with pytest.raises(ArtifactError, match="its int8 graphs are TensorRT's.*re-export with python -m export.build .* --int8 --calib-dir"):
         Pipeline.load(out, backend="onnxruntime", precision="int8")
     with pytest.raises(ArtifactError, match="no ONNX Runtime int8 'owl_image' graph"):
         load_manifest(out).onnxruntime_graph_path("owl_image", "int8")
