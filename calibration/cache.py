@@ -1,7 +1,8 @@
 """The cache of calibration ranges: ``<artifact>/calibration/<graph>.json``, one file per graph.
 
 An entry holds the activation scales of a graph's INT8 quantizers (``{tensor: scale}``, symmetric
-INT8: ``scale = amax / 127``) and the key they were computed for: the sha256 of the graph's FP32
+INT8: ``scale = amax / 127``; ONNX Runtime's asymmetric u8 flavour, cached as ``<graph>.onnxruntime``,
+also ``zero_points``) and the key they were computed for: the sha256 of the graph's FP32
 ONNX files, of the FP32 graphs its calibration inputs come from, of the calibration images (their
 relative paths and bytes), the input settings and the calibration method (see
 :func:`calibration.inputs.calibration_key`). A re-export with the same key — same checkpoint, same
@@ -52,8 +53,11 @@ class ScaleCache:
             try:
                 entry = json.loads(path.read_text())
                 scales = entry["scales"]
+                zero_points = entry.get("zero_points")
                 ok = (entry.get("version") == CACHE_VERSION and isinstance(scales, dict) and scales
-                      and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in scales.values()))
+                      and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in scales.values())
+                      and (zero_points is None or (isinstance(zero_points, dict) and set(zero_points) == set(scales)
+                                                   and all(isinstance(v, int) for v in zero_points.values()))))
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warning("calibration cache %s is unreadable (%s); calibrating %s again", path, e, graph)
                 continue
@@ -66,7 +70,7 @@ class ScaleCache:
         return None
 
     def store(self, graph: str, key: Mapping[str, Any], scales: Mapping[str, float], *, method: str,
-              fallback: str | None, seconds: float, runs: int) -> Path:
+              fallback: str | None, seconds: float, runs: int, zero_points: Mapping[str, int] | None = None) -> Path:
         path = cache_path(self.write_root, graph)
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = {
@@ -80,6 +84,8 @@ class ScaleCache:
             "seconds": round(seconds, 2),
             "scales": {k: float(v) for k, v in sorted(scales.items())},
         }
+        if zero_points is not None:
+            entry["zero_points"] = {k: int(v) for k, v in sorted(zero_points.items())}
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(entry, indent=1) + "\n")
         tmp.replace(path)

@@ -17,7 +17,7 @@ from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
 from runtime.graphs import DYNAMIC_DIMS, BATCH, NUM_BOXES, NUM_PROMPTS, GraphSpec, with_max
-from runtime.manifest import PARITY_NAME, MANIFEST_NAME, SCHEMA_VERSION, TOKENIZER_DIR, graph_file_name
+from runtime.manifest import ONNXRUNTIME, PARITY_NAME, MANIFEST_NAME, SCHEMA_VERSION, TOKENIZER_DIR, graph_file_name
 
 log = logging.getLogger("export.build")
 
@@ -99,7 +99,7 @@ def check_from_request(args: argparse.Namespace) -> None:
 
 def _versions() -> dict[str, str]:
     out = {}
-    for pkg in ("owlsam-trt", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "nvidia-modelopt"):
+    for pkg in ("owlsam-trt", "torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "nvidia-modelopt"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -119,6 +119,7 @@ def build(args: argparse.Namespace) -> Path:
     from export.graph_export import export_to_onnx
     from export.models import load_owl, load_sam
     from export.owl import owl_graph_exports, owl_sizes
+    from export.ort_flavour import fuse_for_onnxruntime
     from export.parity import check_export_parity, failures, format_table, ParityError
     from export.preprocessing import owl_preprocessing_from_processor, sam2_preprocessing_from_processor
     from export.sam2 import sam2_graph_exports, sam2_sizes
@@ -165,12 +166,15 @@ def build(args: argparse.Namespace) -> Path:
             t0 = time.perf_counter()
             files = export_to_onnx(graph, tmp / graph_file_name(name, "fp32"), seed=args.seed)
             raise_on_errors(check_graph(files[0]), files[0].name)  # fail before TensorRT would
+            ort = fuse_for_onnxruntime(files[0], tmp / graph_file_name(name, "fp32", ONNXRUNTIME), graph.spec)
             t1 = time.perf_counter()
-            graph_rows = check_export_parity(graph, files[0], seed=args.seed)
+            graph_rows = check_export_parity(graph, files[0], seed=args.seed,
+                                             flavours={ONNXRUNTIME: ort["files"][0]} if ort else None)
             rows += graph_rows
             bad = failures(graph_rows)
             worst = max(r.max_abs for r in graph_rows)
-            say(f"[{i}/{len(graphs)}] {name}: exported in {t1 - t0:.1f} s, parity "
+            fused = ", ".join(f"{n} {op}" for op, n in ort["contrib_ops"].items()) if ort else "nothing to fuse"
+            say(f"[{i}/{len(graphs)}] {name}: exported in {t1 - t0:.1f} s (ONNX Runtime flavour: {fused}), parity "
                 f"{'FAILED' if bad else 'PASSED'} (worst max-abs {worst:.2g}, {len(graph_rows)} checks, "
                 f"{time.perf_counter() - t1:.1f} s)")
             records[name] = {
@@ -178,6 +182,8 @@ def build(args: argparse.Namespace) -> Path:
                 **_io_record(graph.spec),
                 "files": {"fp32": {"files": [file_record(tmp, f) for f in files]}},
             }
+            if ort:
+                records[name][ONNXRUNTIME] = {"fp32": {**ort, "files": [file_record(tmp, f) for f in ort["files"]]}}
         table = format_table(rows)
         parity = {"fp32": {"passed": not failures(rows), "rows": [r.__dict__ for r in rows]}}
         write_json(tmp / PARITY_NAME, parity)
@@ -203,6 +209,8 @@ def build(args: argparse.Namespace) -> Path:
                                                           sam_pre, sizes, profiles, parity, say)
             for name, entries in outcome.entries.items():
                 records[name]["files"].update(entries)
+            for name, entries in outcome.onnxruntime.items():
+                records[name].setdefault(ONNXRUNTIME, {}).update(entries)
             calibration_record = outcome.calibration
 
         manifest = {
@@ -260,7 +268,7 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
     table = format_precision_table(outcome.rows) + ("\n" + format_flips(outcome.flips) if outcome.flips else "")
     if bad:
         say(table)
-        worst = ", ".join(sorted({f"{r.graph} {r.precision}" for r in bad}))
+        worst = ", ".join(sorted({f"{r.graph}{'' if r.flavour == 'portable' else ' (ort)'} {r.precision}" for r in bad}))
         raise ParityError(
             f"{len(bad)} of {len(outcome.rows) + len(outcome.flips)} precision parity checks failed ({worst}; table "
             "above); nothing was written: export without that precision, or calibrate on more representative images"

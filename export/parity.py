@@ -6,6 +6,7 @@ the spec's per-output tolerance. Every dims set is run and every failure collect
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -34,6 +35,7 @@ class OutputParity:
     tolerance: dict[str, float]
     passed: bool
     problem: str = ""
+    flavour: str = "portable"  # or "onnxruntime": the graph ONNX Runtime runs (runtime.manifest.ONNXRUNTIME)
 
 
 def parity_dim_sets(spec: GraphSpec, ranges: Mapping[str, DimRange] = DYNAMIC_DIMS) -> list[dict[str, int]]:
@@ -103,6 +105,7 @@ class ChoiceFlip:
     margin: float
     max_margin: float
     accepted: bool
+    flavour: str = "portable"  # or "onnxruntime": the graph ONNX Runtime runs (runtime.manifest.ONNXRUNTIME)
 
 
 def replay_choices(graph: GraphExport, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]
@@ -138,13 +141,25 @@ def parity_runs(graph: GraphExport, seed: int = 0) -> Iterator[tuple[dict[str, i
         yield dims, graph.make_inputs(dims, np.random.default_rng(seed + 1 + i))
 
 
-def check_export_parity(graph: GraphExport, onnx_path: Path, seed: int = 0) -> list[OutputParity]:
-    """Every output, and every candidate of the graph's discrete choices, against PyTorch."""
+def check_export_parity(graph: GraphExport, onnx_path: Path, seed: int = 0,
+                        flavours: Mapping[str, Path] | None = None) -> list[OutputParity]:
+    """Every output, and every candidate of the graph's discrete choices, against PyTorch: of
+    ``onnx_path`` (the portable graph) and of each of ``flavours`` (``{flavour: path}``: the same
+    graph written for another runtime), run once per dims."""
+    paths = {"portable": Path(onnx_path), **(flavours or {})}
     rows: list[OutputParity] = []
-    with candidates_exposed(onnx_path, graph.spec) as (path, view):
-        session = OrtGraph(path, view)
+    with contextlib.ExitStack() as stack:
+        sessions = {}
+        for flavour, p in paths.items():
+            exposed, view = stack.enter_context(candidates_exposed(p, graph.spec))
+            sessions[flavour] = OrtGraph(exposed, view)
         for dims, feeds in parity_runs(graph, seed):
-            rows += compare_outputs(graph.spec, dims, graph.torch_outputs(feeds), session.run(feeds))
+            ref = graph.torch_outputs(feeds)
+            for flavour, session in sessions.items():
+                flavour_rows = compare_outputs(graph.spec, dims, ref, session.run(feeds))
+                for r in flavour_rows:
+                    r.flavour = flavour
+                rows += flavour_rows
     return rows
 
 
@@ -155,7 +170,8 @@ def format_table(rows: Iterable[OutputParity]) -> str:
         dims = ",".join(f"{k}={v}" for k, v in r.dims.items()) or "-"
         tol = f"atol={r.tolerance['atol']:g} rtol={r.tolerance['rtol']:g}"
         verdict = "PASSED" if r.passed else f"FAILED ({r.problem})"
-        lines.append(f"{r.graph:<22} {dims:<26} {r.output:<22} {r.max_abs:>10.3g} {r.max_rel:>10.3g} {r.cosine:>10.6f} {tol:<26} {verdict}")
+        graph = r.graph if r.flavour == "portable" else f"{r.graph} ({r.flavour})"
+        lines.append(f"{graph:<22} {dims:<26} {r.output:<22} {r.max_abs:>10.3g} {r.max_rel:>10.3g} {r.cosine:>10.6f} {tol:<26} {verdict}")
     return "\n".join(lines)
 
 

@@ -521,6 +521,27 @@ def _quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+@contextlib.contextmanager
+def _ort_quantization_restored() -> Iterator[None]:
+    """ModelOpt patches ONNX Runtime's calibrators and quantizers for its own calibration
+    (``modelopt.onnx.quantization.ort_patching``) and leaves them patched, after which ONNX Runtime's
+    own ``quantize_static`` (export.ort_flavour) fails: put every attribute back as it was."""
+    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, quantize
+
+    owners = (calibrate, quantize, calibrate.CalibraterBase, calibrate.MinMaxCalibrater, calibrate.HistogramCalibrater,
+              calibrate.HistogramCollector, qdq_quantizer.QDQQuantizer, base_quantizer.BaseQuantizer)
+    saved = [(owner, dict(vars(owner))) for owner in owners]
+    try:
+        yield
+    finally:
+        for owner, before in saved:
+            for name in set(vars(owner)) - set(before):
+                delattr(owner, name)
+            for name, value in before.items():
+                if vars(owner).get(name) is not value:
+                    setattr(owner, name, value)
+
+
 def _modelopt_quantize(src: Path, out: Path, reader: FeedReader, method: str) -> None:
     import_modelopt()
     from modelopt.onnx.quantization import quantize
@@ -528,7 +549,7 @@ def _modelopt_quantize(src: Path, out: Path, reader: FeedReader, method: str) ->
     reader.rewind()
     first = reader.get_first()
     shapes = ",".join(f"{k}:{'x'.join(str(d) for d in v.shape)}" for k, v in first.items())
-    with _quiet_modelopt():
+    with _quiet_modelopt(), _ort_quantization_restored():
         quantize(
             onnx_path=str(src),
             quantize_mode="int8",
@@ -584,6 +605,7 @@ class PrecisionParity:
     min_cosine: float
     passed: bool
     problem: str = ""
+    flavour: str = "portable"  # or "onnxruntime": the graph ONNX Runtime runs (runtime.manifest.ONNXRUNTIME)
 
 
 def compare_precision(graph: str, precision: str, inputs: str, dims: Mapping[str, int], name: str, ref: np.ndarray,
@@ -607,9 +629,11 @@ def compare_precision(graph: str, precision: str, inputs: str, dims: Mapping[str
 
 
 def precision_parity(graph, path: Path, precision: str, runs: Sequence[tuple[str, Mapping[str, int], Mapping[str, np.ndarray]]],
-                     acceptance: PrecisionAcceptance) -> tuple[list[PrecisionParity], list[ChoiceFlip]]:
+                     acceptance: PrecisionAcceptance, flavour: str = "portable"
+                     ) -> tuple[list[PrecisionParity], list[ChoiceFlip]]:
     """``graph`` (an ``export.graph_export.GraphExport``) at ``path`` in ONNX Runtime against its
-    PyTorch module on each ``(inputs label, dims, feeds)`` of ``runs``; Q/DQ fusion off for INT8.
+    PyTorch module on each ``(inputs label, dims, feeds)`` of ``runs``; Q/DQ fusion off for the
+    portable INT8 graphs (TensorRT's), on for ONNX Runtime's own (``flavour="onnxruntime"``).
 
     A graph with discrete choices is judged before them: every candidate against the reference's,
     and the chosen outputs against the reference's candidates chosen as the graph chose. Choices
@@ -623,7 +647,7 @@ def precision_parity(graph, path: Path, precision: str, runs: Sequence[tuple[str
     spec = graph.spec
     rows, flips = [], []
     with candidates_exposed(path, spec) as (exposed, view):
-        session = OrtGraph(exposed, view, disable_qdq_fusion=precision == "int8")
+        session = OrtGraph(exposed, view, disable_qdq_fusion=precision == "int8" and flavour == "portable")
         for label, dims, feeds in runs:
             ref = graph.torch_outputs(feeds)
             got = session.run(feeds)
@@ -633,9 +657,11 @@ def precision_parity(graph, path: Path, precision: str, runs: Sequence[tuple[str
                 for choice, item, margin in found:
                     limit = float(acceptance.flip_margins.get(choice, 0.0))
                     flips.append(ChoiceFlip(spec.name, precision, label, dict(dims), choice, item, margin, limit,
-                                            margin <= limit))
+                                            margin <= limit, flavour))
             rows += [compare_precision(spec.name, precision, label, dims, t.name, ref[t.name], got.get(t.name),
                                        acceptance.min_cosine) for t in view.outputs]
+    for r in rows:
+        r.flavour = flavour
     return rows, flips
 
 
@@ -649,7 +675,8 @@ def format_flips(flips: Sequence[ChoiceFlip]) -> str:
     for f in flips:
         dims = ",".join(f"{k}={v}" for k, v in f.dims.items()) or "-"
         verdict = "accepted" if f.accepted else "REJECTED"
-        lines.append(f"{f.graph} {f.precision} {f.inputs} {dims} item {f.item}: {f.choice} flipped at reference "
+        graph = f.graph if f.flavour == "portable" else f"{f.graph} (ort)"
+        lines.append(f"{graph} {f.precision} {f.inputs} {dims} item {f.item}: {f.choice} flipped at reference "
                      f"margin {f.margin:.4g} (at most {f.max_margin:g}): {verdict}")
     return "\n".join(lines)
 
@@ -661,7 +688,8 @@ def format_precision_table(rows: Sequence[PrecisionParity]) -> str:
     for r in rows:
         dims = ",".join(f"{k}={v}" for k, v in r.dims.items()) or "-"
         verdict = "PASSED" if r.passed else f"FAILED ({r.problem})"
-        lines.append(f"{r.graph:<24} {r.precision:<5} {r.inputs:<11} {dims:<24} {r.output:<22} {r.max_abs:>10.3g} "
+        graph = r.graph if r.flavour == "portable" else f"{r.graph} (ort)"
+        lines.append(f"{graph:<24} {r.precision:<5} {r.inputs:<11} {dims:<24} {r.output:<22} {r.max_abs:>10.3g} "
                      f"{r.cosine:>10.6f} {r.min_cosine:>7g} {verdict}")
     return "\n".join(lines)
 
@@ -683,6 +711,8 @@ class PrecisionOutcome:
     rows: list[PrecisionParity]
     calibration: dict[str, Any] | None
     flips: list[ChoiceFlip] = field(default_factory=list)
+    #: per graph and precision, the ONNX Runtime flavour's manifest entry (``--int8``: ``int8``)
+    onnxruntime: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def write_precisions(
@@ -833,7 +863,15 @@ def write_precisions(
                 + f" in {calibration_record['graphs'][name]['seconds']:.1f} s")
             say(f"[int8 {i}/{len(order)}] {name}: {what}"
                 + (f", parity {_verdict(graph_rows, flips, name, 'int8')}" if graph_rows else ""))
-    return PrecisionOutcome(entries, rows, calibration_record, flips)
+    onnxruntime: dict[str, dict[str, dict[str, Any]]] = {}
+    if "int8" in precisions:  # ONNX Runtime's own INT8, from the same calibration set and cache
+        from export.ort_flavour import write_onnxruntime_int8
+
+        onnxruntime, ort_rows, ort_flips, calibration_record["onnxruntime"] = write_onnxruntime_int8(
+            root, graphs, int8_plan, inputs, cache, shas, file_record=file_record, seed=seed, say=say)
+        rows += ort_rows
+        flips += ort_flips
+    return PrecisionOutcome(entries, rows, calibration_record, flips, onnxruntime)
 
 
 def _random_runs(graph, seed: int) -> list[tuple[str, dict[str, int], dict[str, np.ndarray]]]:
@@ -850,8 +888,9 @@ def _calibration_runs(inputs, name: str) -> list[tuple[str, dict[str, int], dict
     return [("calibration", _dims_of(GRAPHS[name], f), f) for f in feeds]
 
 
-def _verdict(rows: Sequence[PrecisionParity], flips: Sequence[ChoiceFlip], graph: str, precision: str) -> str:
-    mine = [f for f in flips if f.graph == graph and f.precision == precision]
+def _verdict(rows: Sequence[PrecisionParity], flips: Sequence[ChoiceFlip], graph: str, precision: str,
+             flavour: str = "portable") -> str:
+    mine = [f for f in flips if f.graph == graph and f.precision == precision and f.flavour == flavour]
     bad = [r for r in rows if not r.passed] or rejected_flips(mine)
     worst = min(r.cosine for r in rows)
     flipped = (f", {len(mine)} choice flip(s) at reference margins up to {max(f.margin for f in mine):.3g}"

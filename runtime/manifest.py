@@ -20,6 +20,13 @@ MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
 TOKENIZER_DIR = "tokenizer"
 PRECISIONS = ("fp32", "fp16", "int8")
+#: A graph's entry ``onnxruntime`` holds, per precision, the graphs written for ONNX Runtime on CPU
+#: (contrib-op fusions, ORT's own INT8); ``files`` holds the portable graphs (standard ONNX: the FP32
+#: reference and the FP16/INT8 graphs TensorRT builds from). See :meth:`Manifest.onnxruntime_graph_path`.
+ONNXRUNTIME = "onnxruntime"
+#: Which graphs an ONNX Runtime session opens: ``onnxruntime`` (the rule above) or ``portable`` (always
+#: ``files``: checking the TensorRT graphs' numerics on CPU).
+FLAVOURS = (ONNXRUNTIME, "portable")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -56,9 +63,11 @@ def _quote(text: str) -> str:
     return text if text == "ID|DIR" else shlex.quote(text)
 
 
-def graph_file_name(graph: str, precision: str) -> str:
-    """``owl_image.onnx`` for FP32 (the reference export), ``owl_image.fp16.onnx`` otherwise."""
-    return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
+def graph_file_name(graph: str, precision: str, flavour: str = "portable") -> str:
+    """``owl_image.onnx`` for FP32 (the reference export), ``owl_image.fp16.onnx`` otherwise; the
+    ONNX Runtime flavour ends in ``.ort.onnx`` (``owl_image.ort.onnx``, ``owl_image.int8.ort.onnx``)."""
+    stem = graph if precision == "fp32" else f"{graph}.{precision}"
+    return f"{stem}.ort.onnx" if flavour == ONNXRUNTIME else f"{stem}.onnx"
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,28 @@ class Manifest:
                 f"{self.root} has no {precision} {graph!r} graph (it has {', '.join(sorted(files))}); "
                 f"re-export with {export_command(self.root, self.data, precision=precision)}"
             )
-        entry = files[precision]
+        return self._entry_path(files[precision], verify)
+
+    def onnxruntime_entry(self, graph: str, precision: str) -> dict[str, Any] | None:
+        """The graph's ONNX Runtime flavour at ``precision``, if the export wrote one."""
+        return ((self.graphs.get(graph) or {}).get(ONNXRUNTIME) or {}).get(precision)
+
+    def onnxruntime_graph_path(self, graph: str, precision: str, verify: bool = True) -> Path:
+        """What ONNX Runtime runs: the graph's ``onnxruntime[precision]`` entry where the export wrote
+        one, else the portable graph (:meth:`graph_path`) — except INT8, which ONNX Runtime runs only
+        in its own flavour (the portable INT8 graph is TensorRT's: in ORT it is for numerics checks,
+        opened with ``flavour="portable"``)."""
+        entry = self.onnxruntime_entry(graph, precision)
+        if entry is not None:
+            return self._entry_path(entry, verify)
+        if precision == "int8" and graph in self.graphs:
+            raise ArtifactError(
+                f"{self.root} has no ONNX Runtime int8 {graph!r} graph (its INT8 graphs are TensorRT's); "
+                f"re-export with {export_command(self.root, self.data, precision='int8')}"
+            )
+        return self.graph_path(graph, precision, verify)
+
+    def _entry_path(self, entry: dict[str, Any], verify: bool) -> Path:
         if verify:
             for f in entry["files"]:
                 self.verify_file(f["path"], f["sha256"])

@@ -25,7 +25,7 @@ from runtime.backends import call_all, close_after, close_graphs, onnxruntime_op
 from runtime.errors import ArtifactError, UserError, one_line
 from runtime.graphs import BATCH, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
 from runtime.images import load_image
-from runtime.manifest import PRECISIONS, Manifest, export_command, load_manifest
+from runtime.manifest import ONNXRUNTIME, PRECISIONS, Manifest, export_command, load_manifest
 from runtime.metrics import box_iou
 from runtime.owl import OwlDetector
 from runtime.profiling import StageTimer
@@ -117,12 +117,15 @@ def required_graphs(multimask: bool = False) -> tuple:
     return (OWL_TEXT, OWL_IMAGE, OWL_HEAD, SAM2_IMAGE, SAM2_DECODER_MULTIMASK if multimask else SAM2_DECODER)
 
 
-def onnx_precisions(manifest: Manifest, graphs: Iterable) -> list[str]:
-    """Precisions at which every one of ``graphs`` has an ONNX file."""
+def onnx_precisions(manifest: Manifest, graphs: Iterable, flavour: str = ONNXRUNTIME) -> list[str]:
+    """Precisions at which every one of ``graphs`` has an ONNX file ONNX Runtime runs: with the
+    default flavour, INT8 only in ONNX Runtime's own flavour (``Manifest.onnxruntime_graph_path``)."""
     have = None
     for spec in graphs:
         entry = manifest.graphs.get(spec.name)
         got = set(entry.get("files", {})) if isinstance(entry, dict) else set()
+        if flavour == ONNXRUNTIME:
+            got = {p for p in got if p != "int8"} | set((entry or {}).get(ONNXRUNTIME) or {})
         have = got if have is None else have & got
     return [p for p in PRECISIONS if p in (have or set())]
 
@@ -189,6 +192,8 @@ def choose_backend(manifest: Manifest, backend: str = "auto", precision: str = "
 
     def lacks_precision(extra: str = "") -> ArtifactError:
         has = f"ONNX graphs at {', '.join(onnx_have) or 'no precision'}"
+        if precision not in onnx_have and precision in onnx_precisions(manifest, graphs, flavour="portable"):
+            has += f"; its {precision} graphs are TensorRT's, exported before ONNX Runtime had its own"
         engines_have = engine_precisions(manifest)
         if engines_have:
             has += f", TensorRT engines at {', '.join(engines_have)}"
@@ -223,7 +228,7 @@ def verify_artifact(engines_dir: str | os.PathLike, backend: str = "auto", preci
         manifest.verify_file(rec["path"], rec["sha256"])
     if choice.backend == "onnxruntime":
         for spec in required_graphs(multimask):
-            manifest.graph_path(spec.name, choice.precision, verify=True)
+            manifest.onnxruntime_graph_path(spec.name, choice.precision, verify=True)
     else:
         trt_backend = _trt_module()
         for rec in choice.engines:  # sha256, TensorRT version, GPU name and compute capability

@@ -23,8 +23,8 @@ import numpy as np
 from runtime.errors import ArtifactError, OneLineArgumentParser, UserError, run_cli, whole_number
 from runtime.manifest import PRECISIONS, load_manifest
 from runtime.profiling import DECODER, MASK_POST, OWL_HEAD_POST, PIPELINE_STAGES, PREPROCESS
-from tools.bench.common import (command_line, fmt, load_images, machine_info, median, torch_machine_info, write_json,
-                                write_text)
+from tools.bench.common import (command_line, describe_machine, fmt, load_images, machine_info, median,
+                                torch_machine_info, write_json, write_text)
 from tools.outputs import write_atomic
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -79,7 +79,7 @@ def bench_runtime(engines: Path, backend: str, precision: str, images: list[tupl
                   sweep_counts: Sequence[int] = ()) -> tuple[dict[str, Any], dict[str, float] | None]:
     """The measurements of one backend and precision; and, given ``sweep_counts``, its
     :func:`prompt_sweep` on the same open pipeline afterwards (else None)."""
-    from runtime.pipeline import Pipeline
+    from runtime.pipeline import Pipeline, required_graphs
 
     with Pipeline.load(engines, backend, precision, intra_op_threads=threads) as pipe:
         texts = pipe.texts(prompts)
@@ -118,6 +118,9 @@ def bench_runtime(engines: Path, backend: str, precision: str, images: list[tupl
             "text_ms": median(text_ms), "text_per_image": False, "per_image_ms": per_image,
             "images_per_s": 1e3 / per_image, "samples_ms": wall, "boxes": {k: v.tolist() for k, v in chosen_boxes.items()},
         }
+        if backend == "onnxruntime":  # which file of each graph ran (runtime.manifest's rule)
+            result["graph_files"] = {spec.name: pipe.manifest.onnxruntime_graph_path(spec.name, precision, verify=False).name
+                                     for spec in required_graphs()}
         sweep = None
         if sweep_counts:
             print(f"[prompt sweep] {backend} {precision} at {list(sweep_counts)} prompts...", file=sys.stderr, flush=True)
@@ -233,6 +236,9 @@ def targets(results: list[dict[str, Any]], sweep: dict[str, float] | None) -> di
     out: dict[str, Any] = {}
     if ort and fair:
         out["onnxruntime_fp32_vs_pytorch_fair"] = _target(ort["images_per_s"] / fair["images_per_s"], ">=", 1.5, "x")
+    ort_int8 = by_name.get("onnxruntime int8")
+    if ort and ort_int8:
+        out["onnxruntime_int8_vs_fp32"] = _target(ort_int8["images_per_s"] / ort["images_per_s"], ">=", 1.5, "x")
     if ort:
         share = sum(ort["stages_ms"].get(s, 0.0) for s in PRE_POST) / ort["per_image_ms"]
         out["pre_post_share_onnxruntime_fp32"] = _target(share, "<=", 0.10, "%", stages=list(PRE_POST))
@@ -257,9 +263,9 @@ def markdown(report: dict[str, Any]) -> str:
     names = [r["name"] for r in results]
     c, m = report["config"], report["machine"]
     lines = [f"command: `{report['command']}`",
-             f"machine: {m.get('cpu')}, {m['cpu_count']} CPUs, Python {m['python']}, onnxruntime {m.get('onnxruntime')}"
-             + (f", torch {m['torch']['torch']} on {m['torch']['device']}" if m.get("torch") else "")
-             + f", 1-min load average at start {fmt(m.get('load_average_1min'), 2)}",
+             f"machine: {describe_machine(m)}"
+             + (f"; PyTorch {m['torch']['torch']} on {m['torch']['device']}" if m.get("torch") else "")
+             + " (load average at the start)",
              f"setup: {c['images']} image(s) ({', '.join(c['image_sizes'])}), {c['prompts']} prompts, {c['boxes']} boxes "
              f"per image, {c['runs']} run(s) after {c['warmup']} warm-up, median per image", "",
              "| stage (ms) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -309,7 +315,8 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("milliseconds per image (stages; text only where it runs per image)")
     c = report["config"]
     m = report["machine"]
-    ax.set_title(f"{c['prompts']} prompts, {c['boxes']} boxes per image — {m.get('cpu')}, {m['cpu_count']} CPUs"
+    ax.set_title(f"{c['prompts']} prompts, {c['boxes']} boxes per image — {(m.get('cpu') or {}).get('model')}, "
+                 f"{m['cpu_count']} CPUs"
                  + (f", PyTorch on {m['torch']['device']}" if m.get("torch") else ""), fontsize=9)
     fig.legend(*ax.get_legend_handles_labels(), fontsize=7, ncols=len(PIPELINE_STAGES), loc="lower center",
                frameon=False)

@@ -10,7 +10,7 @@ import numpy as np
 
 from runtime.backends.feeds import check_feeds
 from runtime.graphs import GraphSpec
-from runtime.manifest import Manifest
+from runtime.manifest import FLAVOURS, ONNXRUNTIME, Manifest
 
 
 __all__ = ["GraphRunner", "check_feeds", "close_graphs", "recording_opener", "onnxruntime_opener", "run_or_queue"]
@@ -77,15 +77,25 @@ def onnxruntime_opener(
     precision: str = "fp32",
     providers: Sequence[str] = ("CPUExecutionProvider",),
     intra_op_threads: int | None = None,
+    flavour: str = ONNXRUNTIME,
 ) -> Callable[[GraphSpec], "OrtGraph"]:  # noqa: F821 - imported lazily
     """A function that opens a graph of ``manifest`` in ONNX Runtime, its files verified first
-    (a file the manifest has already verified, unchanged since, is not hashed again)."""
+    (a file the manifest has already verified, unchanged since, is not hashed again).
+
+    ``flavour="onnxruntime"`` (the default) opens what :meth:`Manifest.onnxruntime_graph_path`
+    names: the graphs written for ONNX Runtime where the export wrote them. ``"portable"`` opens the
+    portable graphs TensorRT builds from; their INT8 graphs run with Q/DQ fusion off, fake-quantised
+    in float, to check TensorRT's numerics on a CPU."""
     from runtime.backends.onnxruntime import OrtGraph
 
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour {flavour!r} is not one of {FLAVOURS}")
+    portable = flavour != ONNXRUNTIME
+
     def open_graph(spec: GraphSpec) -> OrtGraph:
-        path = manifest.graph_path(spec.name, precision)
+        path = (manifest.graph_path if portable else manifest.onnxruntime_graph_path)(spec.name, precision)
         return OrtGraph(path, spec, providers=providers, intra_op_threads=intra_op_threads,
-                        disable_qdq_fusion=precision == "int8")
+                        disable_qdq_fusion=portable and precision == "int8")
 
     return open_graph
 

@@ -39,9 +39,10 @@ class OrtGraph:
     """A graph in an ONNX Runtime session.
 
     ``disable_qdq_fusion`` runs Q/DQ graphs as written (fake-quantised in float) instead of fusing
-    them into MLAS int8 kernels: on x86 CPUs without VNNI those saturate and their error is 5-10x
-    larger (measured: an object-score cosine of -0.84 on the tiny SAM2 decoder), so numerical parity
-    of INT8 graphs is measured with fusion off.
+    them into MLAS integer kernels: how the portable INT8 graphs, written for TensorRT, are checked
+    (on x86 CPUs without VNNI the fused kernels saturate, with 5-10x the error of the graph as
+    written: an object-score cosine of -0.84 on the tiny SAM2 decoder). ONNX Runtime's own INT8
+    flavour runs fused: that is its point.
     """
 
     def __init__(

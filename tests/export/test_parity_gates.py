@@ -114,7 +114,9 @@ def test_precision_gate_refuses_a_graph_below_its_cosine(exports, tiny_artifact,
 def test_export_build_refuses_precision_graphs_below_their_cosine(tiny_checkpoints, calibration_dir, tmp_path,
                                                                   monkeypatch, capsys):
     """Through ``export.build --fp16 --int8`` (``owl_image`` only): the FP16 graph wobbled to cosine ~0.9975
-    and the INT8 one to ~0.94 are both refused, by name; nothing is written."""
+    and both INT8 ones (TensorRT's and ONNX Runtime's own) to ~0.94 are all refused, by name; nothing is
+    written."""
+    import export.ort_flavour as ort_flavour
     import export.owl
     import export.precision as precision
     import export.sam2
@@ -134,10 +136,18 @@ def test_export_build_refuses_precision_graphs_below_their_cosine(tiny_checkpoin
 
     monkeypatch.setattr(precision, "convert_fp16", wobbled(real_fp16, "fp16"))
     monkeypatch.setattr(precision, "quantize_int8", wobbled(real_int8, "int8"))
+    real_ort = ort_flavour.quantize_for_onnxruntime
+
+    def ort_wobbled(src, dst, spec, *args, **kwargs):
+        result, found = real_ort(src, dst, spec, *args, **kwargs)
+        perturb_outputs(result.files[0], result.files[0], spec.output_names[:1], wobble=WOBBLE["int8"])
+        return result, found
+
+    monkeypatch.setattr(ort_flavour, "quantize_for_onnxruntime", ort_wobbled)
     out = tmp_path / "out"
     with pytest.raises(ParityError, match="precision parity checks failed") as e:
         main(["--owl-model", str(tiny_checkpoints.owl), "--sam-model", str(tiny_checkpoints.sam), "--out", str(out),
               "--fp16", "--int8", "--calib-dir", str(calibration_dir), "--calib-count", "4", "--engines", "skip"])
-    assert "owl_image fp16" in str(e.value) and "owl_image int8" in str(e.value)
+    assert all(f"owl_image {p}" in str(e.value) for p in ("fp16", "int8", "(ort) int8")), str(e.value)
     assert "FAILED" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [], "nothing written, no staging directory left"

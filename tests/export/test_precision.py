@@ -210,6 +210,10 @@ def test_rerun_with_the_same_inputs_reuses_the_calibration(tiny_precision_artifa
         assert second["graphs"][name]["files"]["int8"]["files"] == first["graphs"][name]["files"]["int8"]["files"]
         assert second["graphs"][name]["files"]["int8"]["calibration_method"] == \
             first["graphs"][name]["files"]["int8"]["calibration_method"]
+    assert second["calibration"]["onnxruntime"], "the rerun quantised no graph for ONNX Runtime: nothing to check"
+    for name, g in second["calibration"]["onnxruntime"].items():  # ONNX Runtime's INT8: the same cache, reused
+        assert g["reused"], name
+        assert second["graphs"][name]["onnxruntime"]["int8"]["files"] == first["graphs"][name]["onnxruntime"]["int8"]["files"]
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -176,9 +176,10 @@ def test_video_parity_rows_passed(manifest):
 
 
 # --- tracking at each precision ---------------------------------------------------------------------
-def opener(manifest, image: str, video: str):
-    """Open sam2_image at precision ``image``, the video graphs at ``video``."""
-    img, vid = onnxruntime_opener(manifest, image), onnxruntime_opener(manifest, video)
+def opener(manifest, image: str, video: str, flavour: str = "onnxruntime"):
+    """Open sam2_image at precision ``image``, the video graphs at ``video`` (``flavour``: what
+    ``onnxruntime_opener`` opens)."""
+    img, vid = onnxruntime_opener(manifest, image, flavour=flavour), onnxruntime_opener(manifest, video, flavour=flavour)
     return lambda spec: img(spec) if spec.name == SAM2_IMAGE.name else vid(spec)
 
 
@@ -214,13 +215,19 @@ def test_fp16_tracking_matches_fp32(manifest, video, fp32_tracks):
     assert iou.min() >= PRECISION_ACCEPTANCE["fp16"].min_mask_iou, np.round(iou, 3)
 
 
-def test_int8_tracking_matches_fp32_memory_modules(manifest, video, fp32_tracks):
-    got = tracked(Sam2Tracker.open(manifest, "onnxruntime", "int8"), video)
-    ref = tracked(Sam2Tracker.from_manifest(manifest, opener(manifest, "int8", "fp32"),
+@pytest.mark.parametrize("flavour", ["onnxruntime", "portable"])
+def test_int8_tracking_matches_fp32_memory_modules(manifest, video, fp32_tracks, flavour):
+    """ONNX Runtime's own INT8 graphs (what the tracker runs at int8) and the portable ones TensorRT
+    builds from (fake-quantised), each against the FP32 video graphs of the same flavour."""
+    got = tracked(Sam2Tracker.open(manifest, "onnxruntime", "int8",
+                                   open_graph=onnxruntime_opener(manifest, "int8", flavour=flavour)), video)
+    ref = tracked(Sam2Tracker.from_manifest(manifest, opener(manifest, "int8", "fp32", flavour),
                                             objects_per_call=ort_objects_per_call(manifest.sizes)), video)
     iou = ious(ref, got)
     whole = ious(fp32_tracks, got)
     print(f"\nINT8 tracking vs FP32 video graphs (same INT8 encoder): per-frame min IoU {np.round(iou.min(axis=1), 3).tolist()}"
           f"\nINT8 tracking vs all-FP32 tracking (INT8 encoder included): per-frame min IoU {np.round(whole.min(axis=1), 3).tolist()}")
     assert iou.min() >= PRECISION_ACCEPTANCE["int8"].min_mask_iou, np.round(iou, 3)
-    assert any(manifest.graphs[n]["files"]["int8"]["precision"] == "int8" for n in RECORDED_GRAPHS)
+    entries = {n: manifest.onnxruntime_entry(n, "int8") if flavour == "onnxruntime" else manifest.graphs[n]["files"]["int8"]
+               for n in RECORDED_GRAPHS}
+    assert any(e["precision"] == "int8" for e in entries.values())

@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 
 from runtime import Pipeline
-from runtime.graphs import GRAPHS, PRECISION_ACCEPTANCE
-from runtime.manifest import PARITY_NAME, load_manifest
+from runtime.backends import onnxruntime_opener
+from runtime.graphs import GRAPHS, OWL_IMAGE, PRECISION_ACCEPTANCE
+from runtime.manifest import ONNXRUNTIME, PARITY_NAME, load_manifest
+from runtime.owl import OwlDetector
+from runtime.pipeline import BackendChoice
+from runtime.sam2 import Sam2Segmenter
 from runtime.metrics import mask_iou
 from runtime.tracker import Sam2Tracker, track
 from tools.bench.synthetic import MovingShapes
@@ -64,15 +68,20 @@ def test_every_graph_passes_parity_at_every_precision(family_member):
     for precision in ("fp32", "fp16", "int8"):
         section = parity[precision]
         assert section["passed"] and all(r["passed"] for r in section["rows"]), precision
-        checked = {(r["graph"], r["output"]) for r in section["rows"]}
+        checked = {(r["flavour"], r["graph"], r["output"]) for r in section["rows"]}
         for spec in GRAPHS.values():
             assert precision in m.data["graphs"][spec.name]["files"], (spec.name, precision)
-            for t in spec.with_candidates().outputs:
-                assert (spec.name, t.name) in checked, (precision, spec.name, t.name)
+            # ONNX Runtime's own INT8 (what it runs at int8) is judged like the portable graphs
+            flavours = ["portable"] + [ONNXRUNTIME] * (precision == "int8")
+            if precision == "int8":
+                assert m.onnxruntime_entry(spec.name, "int8"), spec.name
+            for flavour in flavours:
+                for t in spec.with_candidates().outputs:
+                    assert (flavour, spec.name, t.name) in checked, (precision, flavour, spec.name, t.name)
     for precision in ("fp16", "int8"):
         limits = PRECISION_ACCEPTANCE[precision].flip_margins
         for f in parity[precision]["flips"]:
-            print(f"\n{family_member.name} {precision}: {f['graph']} {f['inputs']} {f['dims']} item {f['item']} "
+            print(f"\n{family_member.name} {precision} {f['flavour']}: {f['graph']} {f['inputs']} {f['dims']} item {f['item']} "
                   f"{f['choice']} flipped at reference margin {f['margin']:.4g} (at most {limits[f['choice']]})")
             assert f["accepted"] and f["margin"] <= limits[f["choice"]] == f["max_margin"]
         summary = m.data["parity"][precision]
@@ -95,10 +104,21 @@ def test_pipeline_matches_transformers(family_member, reference, make_image):
     assert found > 0, "the reference should detect something on these images"
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_reduced_precision_pipeline_within_acceptance(family_member, reference, make_image, precision):
+@pytest.mark.parametrize("precision,flavour", [("fp16", ONNXRUNTIME), ("int8", ONNXRUNTIME), ("int8", "portable")],
+                         ids=["fp16", "int8-onnxruntime", "int8-portable"])
+def test_reduced_precision_pipeline_within_acceptance(family_member, reference, make_image, precision, flavour):
+    """The pipeline as ``Pipeline.load`` opens it (at int8: ONNX Runtime's own INT8, integer kernels),
+    and on the portable INT8 graphs TensorRT builds from (fake-quantised), within the acceptance."""
     image = make_image(480, 640, seed=7)
-    with Pipeline.load(family_member.artifact, backend="onnxruntime", precision=precision) as pipe:
+    if flavour == ONNXRUNTIME:
+        with Pipeline.load(family_member.artifact, backend="onnxruntime", precision=precision) as pipe:
+            assert pipe.owl.image.path == pipe.manifest.onnxruntime_graph_path(OWL_IMAGE.name, precision, verify=False)
+            got = pipe.predict(image, PROMPTS, threshold=THRESHOLD)
+    else:
+        m = load_manifest(family_member.artifact)
+        opener = onnxruntime_opener(m, precision, flavour=flavour)
+        pipe = Pipeline(m, BackendChoice("onnxruntime", precision, "the portable graphs"),
+                        OwlDetector.from_manifest(m, opener), Sam2Segmenter.from_manifest(m, opener))
         got = pipe.predict(image, PROMPTS, threshold=THRESHOLD)
     assert_within_acceptance(got, reference(image, PROMPTS, candidates=True), precision)
 

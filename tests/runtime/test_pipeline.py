@@ -431,8 +431,10 @@ def test_unknown_backend_or_precision(tiny_artifact, kwargs, match):
         Pipeline.load(tiny_artifact, **kwargs)
 
 
+# the files ONNX Runtime opens: the decoder's ONNX Runtime flavour, the class head's portable graph
+# (it has no flavour: nothing to fuse), the tokenizer
 @pytest.mark.parametrize("same_size", [False, True], ids=["appended", "same-size"])
-@pytest.mark.parametrize("victim", ["sam2_decoder.onnx", "tokenizer/tokenizer.json"])
+@pytest.mark.parametrize("victim", ["sam2_decoder.ort.onnx", "owl_head.onnx", "tokenizer/tokenizer.json"])
 def test_tampered_file_is_refused_before_anything_is_opened(tiny_artifact, tmp_path, monkeypatch, victim, same_size):
     import runtime.backends.onnxruntime as ort_backend
 

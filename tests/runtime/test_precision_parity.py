@@ -1,7 +1,9 @@
 """Task-level acceptance of the FP16 and INT8 graphs on CPU, through the torch-free runtime.
 
 ``OwlDetector`` / ``Sam2Segmenter`` opened with ``onnxruntime_opener(manifest, precision=...)`` on
-the ``--fp16 --int8`` artifact of the tiny checkpoints, against the FP32 transformers pipeline
+the ``--fp16 --int8`` artifact of the tiny checkpoints — INT8 twice: ONNX Runtime's own INT8 flavour
+(what ``Pipeline.load(..., "onnxruntime", "int8")`` runs, Q/DQ fused into integer kernels) and the
+portable INT8 graphs TensorRT builds from (fake-quantised) — against the FP32 transformers pipeline
 (``Owlv2ForObjectDetection`` + ``post_process_grounded_object_detection``, ``Sam2Model`` +
 ``Sam2Processor.post_process_masks``), with the thresholds of ``runtime.graphs.PRECISION_ACCEPTANCE``:
 FP16 detections matched one to one with box IoU >= 0.95 and masks IoU >= 0.97; INT8 the labels of the
@@ -30,6 +32,11 @@ THRESHOLD = 0.1
 # detections whose reference score is this close to the threshold may fall on either side of it
 BORDER = 0.01
 IMAGES = [((480, 640), 11), ((640, 480), 12), ((333, 500), 13)]
+
+
+#: (precision, flavour of runtime.backends.onnxruntime_opener)
+CASES = [("fp16", "onnxruntime"), ("int8", "onnxruntime"), ("int8", "portable")]
+CASE_IDS = ["fp16", "int8-onnxruntime", "int8-portable"]
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +90,10 @@ def random_boxes(n: int, h: int, w: int, seed: int) -> np.ndarray:
     return np.stack([x0, y0, np.minimum(x0 + bw, w), np.minimum(y0 + bh, h)], 1).astype(np.float32)
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_detections_match_the_fp32_reference(manifest, owl_reference, make_image, precision):
+@pytest.mark.parametrize("precision,flavour", CASES, ids=CASE_IDS)
+def test_detections_match_the_fp32_reference(manifest, owl_reference, make_image, precision, flavour):
     acc = PRECISION_ACCEPTANCE[precision]
-    detector = OwlDetector.from_manifest(manifest, onnxruntime_opener(manifest, precision=precision))
+    detector = OwlDetector.from_manifest(manifest, onnxruntime_opener(manifest, precision=precision, flavour=flavour))
     for hw, seed in IMAGES:
         image = make_image(*hw, seed=seed)
         (rb, rs, rl), _ = owl_reference(image)
@@ -106,8 +113,8 @@ def test_detections_match_the_fp32_reference(manifest, owl_reference, make_image
             np.testing.assert_array_equal(got.labels[partner], rl[top])
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_masks_match_the_fp32_reference(manifest, sam_reference, make_image, precision):
+@pytest.mark.parametrize("precision,flavour", CASES, ids=CASE_IDS)
+def test_masks_match_the_fp32_reference(manifest, sam_reference, make_image, precision, flavour):
     """Single-mask decoder (the runtime's default). SAM2 replaces the single mask by the best multimask
     output when the single mask's stability score (an area ratio of the 16x16 low-res mask here) is
     below 0.98; where that score is within ``TIE_PIXELS`` low-res pixels of the threshold the choice
@@ -115,7 +122,7 @@ def test_masks_match_the_fp32_reference(manifest, sam_reference, make_image, pre
     match the reference's choice, or at a tie the reference's other candidate, with the precision's IoU."""
     masks, _ = sam_reference
     min_iou = PRECISION_ACCEPTANCE[precision].min_mask_iou
-    segmenter = Sam2Segmenter.from_manifest(manifest, onnxruntime_opener(manifest, precision=precision))
+    segmenter = Sam2Segmenter.from_manifest(manifest, onnxruntime_opener(manifest, precision=precision, flavour=flavour))
     for (h, w), seed in IMAGES:
         image = make_image(h, w, seed=seed)
         boxes = random_boxes(5, h, w, seed)
@@ -126,13 +133,14 @@ def test_masks_match_the_fp32_reference(manifest, sam_reference, make_image, pre
         assert np.all(ok), (iou, other, ref["margin_pixels"])
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_multimask_masks_match_the_fp32_reference(manifest, sam_reference, make_image, precision):
+@pytest.mark.parametrize("precision,flavour", CASES, ids=CASE_IDS)
+def test_multimask_masks_match_the_fp32_reference(manifest, sam_reference, make_image, precision, flavour):
     """The multimask decoder, best of three by predicted IoU: every mask matches the reference's best,
     or, where the reference's two best predicted IoUs are within ``IOU_TIE``, its second best."""
     masks, _ = sam_reference
     min_iou = PRECISION_ACCEPTANCE[precision].min_mask_iou
-    segmenter = Sam2Segmenter.from_manifest(manifest, onnxruntime_opener(manifest, precision=precision), multimask=True)
+    segmenter = Sam2Segmenter.from_manifest(manifest, onnxruntime_opener(manifest, precision=precision, flavour=flavour),
+                                            multimask=True)
     for (h, w), seed in IMAGES:
         image = make_image(h, w, seed=seed)
         boxes = random_boxes(5, h, w, seed)
@@ -143,10 +151,10 @@ def test_multimask_masks_match_the_fp32_reference(manifest, sam_reference, make_
         assert np.all((iou >= min_iou) | (tie & (second >= min_iou))), (iou, second, ref["multi_margin"])
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_embeddings_match_by_cosine_per_graph(manifest, owl_reference, sam_reference, make_image, precision):
+@pytest.mark.parametrize("precision,flavour", CASES, ids=CASE_IDS)
+def test_embeddings_match_by_cosine_per_graph(manifest, owl_reference, sam_reference, make_image, precision, flavour):
     min_cos = PRECISION_ACCEPTANCE[precision].min_cosine
-    opener = onnxruntime_opener(manifest, precision=precision)
+    opener = onnxruntime_opener(manifest, precision=precision, flavour=flavour)
     detector = OwlDetector.from_manifest(manifest, opener)
     segmenter = Sam2Segmenter.from_manifest(manifest, opener)
     _, sam_embeddings = sam_reference

@@ -31,9 +31,10 @@ def documented_commands() -> list[list[str]]:
 # Counts and sizes: the smallest value each flag takes (flags given several values get this one).
 SMALLEST = {"--runs": "1", "--warmup": "0", "--frames": "1", "--objects": "1", "--images": "1", "--prompts": "1",
             "--boxes": "2", "--count": "2", "--calib-count": "4", "--threads": "1", "--size": "48x64",
-            "--device": "cpu", "--modes": "eager-fp32"}
+            "--device": "cpu", "--modes": "eager-fp32", "--layers": "1"}
 KNOWN = ("tools.bench.torch_pipeline", "tools.bench.torch_tracking", "tools.bench.fullsize", "tools.bench.tracking",
-         "tools.bench.precision", "tools.benchmark", "tools.bench.outputs", "tools.bench.serving", "export.build")
+         "tools.bench.precision", "tools.benchmark", "tools.bench.outputs", "tools.bench.serving", "tools.bench.blocks",
+         "export.build")
 
 
 def split(args: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
@@ -73,6 +74,7 @@ def smallest_form(command: list[str], stand_ins: dict[str, str], video_artifact:
                                        "--sam-model": [stand_ins["full-ckpt/sam2"]], "--boxes": ["2"]},
         "tools.bench.torch_tracking": {"--arch": ["tiny"], "--warmup": ["6"], "--modes": ["eager-fp32"], **small_video},
         "tools.bench.fullsize": {"--arch": ["tiny"]},
+        "tools.bench.blocks": {"--arch": ["tiny"]},
         "tools.bench.tracking speed": {"--engines": [str(video_artifact)], **small_video},
         "tools.bench.precision checkpoints": {"--owl-arch": ["tiny"], "--sam-arch": ["tiny"]},
         "tools.benchmark": {"--out": [str(tmp / "out")]},

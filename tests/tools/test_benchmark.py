@@ -54,6 +54,20 @@ def test_every_stage_is_timed_for_the_runtime_and_both_pytorch_pipelines(report)
     assert [len(b) for b in ort["boxes"].values()] == [3]  # exactly --boxes boxes decoded
 
 
+def test_the_result_names_the_graph_files_and_the_environment(report):
+    """Which file of each graph ran (ONNX Runtime's flavour where the artifact has one), and the CPU and
+    package versions the numbers depend on."""
+    data, _ = report
+    ort = next(r for r in data["results"] if r["name"] == "onnxruntime fp32")
+    assert ort["graph_files"]["owl_image"] == "owl_image.ort.onnx" and ort["graph_files"]["owl_head"] == "owl_head.onnx"
+    machine = data["machine"]
+    for pkg in ("torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime"):
+        assert machine["packages"][pkg], pkg
+    assert isinstance(machine["cpu"]["features"], list) and machine["cpu"]["model"]
+    table = (report[1] / "benchmark.md").read_text()
+    assert f"onnxruntime {machine['packages']['onnxruntime']}" in table and machine["cpu"]["model"] in table
+
+
 def test_targets_follow_from_the_measurements(report):
     data, _ = report
     by_name = {r["name"]: r for r in data["results"]}

@@ -271,18 +271,27 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def median_ms(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, float]:
-    """Median wall time of each function in ms, after one warm-up call each. The functions take
-    turns, run by run, so that a machine whose load changes during the measurement slows them alike."""
+def alternating_ms(fns: dict[str, Callable[[], Any]], runs: int, clock: Callable[[], float] = time.perf_counter,
+                   progress: Callable[[int, dict[str, list[float]]], None] | None = None) -> dict[str, list[float]]:
+    """Milliseconds of each call by ``clock`` (wall time; ``time.process_time``: the process's CPU time),
+    after one warm-up call each. The functions take turns, run by run, so that a machine whose load
+    changes during the measurement slows them alike; ``progress(run, times)`` after each run."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
+    for i in range(runs):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[k].append((time.perf_counter() - t0) * 1000.0)
-    return {k: median(v) for k, v in times.items()}
+            times[k].append((clock() - t0) * 1000.0)
+        if progress is not None:
+            progress(i, times)
+    return times
+
+
+def median_ms(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, float]:
+    """Median wall time of each function in ms (:func:`alternating_ms`)."""
+    return {k: median(v) for k, v in alternating_ms(fns, runs).items()}
 
 
 class Timer:
@@ -350,26 +359,77 @@ def rss_mb() -> float:
 
 # --- what a result records ------------------------------------------------------------------------
 
-def machine_info() -> dict[str, Any]:
-    """The host: Python, platform, CPU model and count, numpy and onnxruntime versions, load average."""
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpu_count": os.cpu_count(), "numpy": np.__version__}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor() or None
-    try:
-        import onnxruntime
+#: Packages whose versions change the graphs or their speed (``constraints.txt`` pins them).
+PACKAGES = ("owlsam-trt", "torch", "torchvision", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime",
+            "nvidia-modelopt", "numpy")
+#: CPU features that decide ONNX Runtime's (MLAS) and PyTorch's (oneDNN/MKL) kernels.
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+                "amx_tile", "amx_int8", "amx_bf16")
 
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+
+def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """Model name, vendor, family/model/stepping and the :data:`CPU_FEATURES` of the first processor:
+    a VM reports every AMD EPYC as "AMD EPYC", while a Zen 4 and a Zen 5 differ twofold in FP32 rate."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return {"model": platform.processor() or None}
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model": fields.get("model name"),
+        "vendor": fields.get("vendor_id"),
+        "family": fields.get("cpu family"),
+        "model_number": fields.get("model"),
+        "stepping": fields.get("stepping"),
+        "features": [f for f in CPU_FEATURES if f in flags],
+    }
+
+
+def package_versions() -> dict[str, str]:
+    """The installed versions of :data:`PACKAGES` (those installed)."""
+    import importlib.metadata
+
+    out = {}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """The host: Python, platform, CPU (:func:`cpu_info`) and count, the 1-minute load average at the
+    call, and the versions of the packages the numbers depend on (:func:`package_versions`)."""
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "cpu_count": os.cpu_count(), "cpu": cpu_info(), "packages": package_versions()}
     try:
         info["load_average_1min"] = os.getloadavg()[0]
     except OSError:
         pass
     return info
+
+
+def describe_machine(m: dict[str, Any]) -> str:
+    """One line for a report: CPU, features, cores, load and the versions that matter."""
+    cpu = m.get("cpu") or {}
+    ident = "/".join(str(cpu.get(k)) for k in ("family", "model_number", "stepping") if cpu.get(k) is not None)
+    versions = ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items() if k != "owlsam-trt")
+    load = m.get("load_average_1min")
+    return (f"{cpu.get('model')} (family/model/stepping {ident or '?'}; {' '.join(cpu.get('features') or []) or 'no AVX2'}), "
+            f"{m.get('cpu_count')} CPUs" + (f", 1-min load average {load:.2f}" if load is not None else "")
+            + f"; Python {m.get('python')}, {versions}")
+
+
+def with_machine(module: str, results: Any, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """A result file's content: the :func:`command_line`, the :func:`machine_info` and ``results``."""
+    return {"command": command_line(module, argv), "machine": machine_info(), "results": results}
 
 
 def torch_machine_info(device: Any) -> dict[str, Any]:

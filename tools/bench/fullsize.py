@@ -31,7 +31,7 @@ from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
 from tools.bench.common import (INITS, OWL_ARCHES, OWL_B16, SAM_ARCHES, load_model, median_ms, parameters_m,
-                                peak_rss_mb, write_json)
+                                peak_rss_mb, with_machine, write_json)
 
 ARCHES = tuple(dict.fromkeys((*OWL_ARCHES, *SAM_ARCHES)))
 
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 return proc.returncode
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     if args.json:
-        write_json(args.json, results)
+        write_json(args.json, with_machine("tools.bench.fullsize", results, argv))
     print(format_markdown(results, args.threads, args.runs))
     return 0
 

@@ -34,7 +34,7 @@ from runtime.errors import OneLineArgumentParser, run_cli, whole_number
 from runtime.manifest import PRECISIONS
 from runtime.metrics import mask_iou
 from tools.bench.common import (OWL_ARCHES, OWL_B16, SAM_ARCHES, checkpoint_biases, median_ms, parameters_m,
-                                random_owl, random_sam, sam2_config, sam2_processor, write_json)
+                                random_owl, random_sam, sam2_config, sam2_processor, with_machine, write_json)
 from tools.bench.synthetic import synthetic_image
 
 def write_fullsize_checkpoints(out: Path, seed: int = 0, log=print, owl_arch: str = OWL_B16,
@@ -89,7 +89,7 @@ def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
     from export.owl import owl_graph_exports, owl_sizes
     from export.precision import format_precision_table, write_precisions
     from export.sam2 import sam2_graph_exports, sam2_sizes
-    from runtime.manifest import MANIFEST_NAME, PARITY_NAME, load_manifest
+    from runtime.manifest import MANIFEST_NAME, ONNXRUNTIME, PARITY_NAME, load_manifest
     from runtime.preprocessing import OwlPreprocessing, Sam2Preprocessing
 
     src, out = Path(args.engines), Path(args.out)
@@ -120,6 +120,8 @@ def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
     total = time.perf_counter() - t0
     for name, entries in outcome.entries.items():
         data["graphs"][name]["files"].update(entries)
+    for name, entries in outcome.onnxruntime.items():
+        data["graphs"][name].setdefault(ONNXRUNTIME, {}).update(entries)
     data["calibration"] = outcome.calibration
     write_json(out / MANIFEST_NAME, data)
     parity = json.loads((out / PARITY_NAME).read_text())
@@ -250,6 +252,7 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     manifest = load_manifest(args.engines)
     precisions = [p for p in PRECISIONS if all(p in g["files"] for g in manifest.graphs.values())]
+    ort_int8 = all(manifest.onnxruntime_entry(name, "int8") for name in manifest.graphs)
     reference = ReferencePipeline.load(args.owl_model, args.sam_model)
     sam_model, sam_proc = reference.sam.model, reference.sam.processor
     texts = [f"a photo of a {p}" for p in PROMPTS]
@@ -277,11 +280,15 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
         multi_masks = sam_proc.post_process_masks(multi.pred_masks, inputs["original_sizes"])[0].numpy()
         refs.append((det, (masks, multi_masks[np.arange(len(bx)), best])))
     results: dict[str, Any] = {}
-    runs = [(p, p, None) for p in precisions]
-    if args.int8_keep_fp16 and "int8" in precisions:  # INT8 as export.build writes it by default
-        runs.append(("int8 (text, head, decoders FP16)", "int8", set(args.int8_keep_fp16)))
-    for label, p, keep in runs:
-        opener = onnxruntime_opener(manifest, precision=p, intra_op_threads=args.threads)
+    # (label, precision, graphs at FP16, flavour): what ONNX Runtime runs (its own INT8 where the artifact
+    # has it), then the portable INT8 graphs TensorRT builds from, fake-quantised
+    runs = [(p, p, None, "onnxruntime") for p in precisions if p != "int8" or ort_int8]
+    if "int8" in precisions:
+        runs.append(("int8 (portable)", "int8", None, "portable"))
+        if args.int8_keep_fp16:  # INT8 as export.build writes it by default
+            runs.append(("int8 (portable; text, head, decoders FP16)", "int8", set(args.int8_keep_fp16), "portable"))
+    for label, p, keep, flavour in runs:
+        opener = onnxruntime_opener(manifest, precision=p, intra_op_threads=args.threads, flavour=flavour)
         if keep:
             int8_open, fp16_open = opener, onnxruntime_opener(manifest, precision="fp16", intra_op_threads=args.threads)
             opener = lambda spec, a=int8_open, b=fp16_open, k=keep: (b if spec.name in k else a)(spec)  # noqa: E731
@@ -319,33 +326,37 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def graph_table(root: Path) -> str:
-    """Worst cosine and max-abs per graph, output and precision, from the artifact's parity.json."""
+    """Worst cosine and max-abs per graph, output and precision, from the artifact's parity.json (INT8
+    twice: ONNX Runtime's own flavour, "int8 ort", and the portable graphs TensorRT builds from)."""
     from runtime.manifest import PARITY_NAME
 
     parity = json.loads((root / PARITY_NAME).read_text())
-    lines = ["| graph | output | fp16 cosine (min) | fp16 max-abs | int8 cosine (min) | int8 max-abs |", "|---|---|---|---|---|---|"]
+    columns = ("fp16", "int8 ort", "int8")
+    lines = ["| graph | output | " + " | ".join(f"{c} cosine (min) | {c} max-abs" for c in columns) + " |",
+             "|---|---|" + "---|---|" * len(columns)]
     cells: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
     for p in ("fp16", "int8"):
         for r in parity.get(p, {}).get("rows", []):
+            column = f"{p} ort" if r.get("flavour") == "onnxruntime" and p == "int8" else p
             k = (r["graph"], r["output"])
-            c, m = cells.setdefault(k, {}).get(p, (2.0, 0.0))
-            cells[k][p] = (min(c, r["cosine"]), max(m, r["max_abs"]))
+            c, m = cells.setdefault(k, {}).get(column, (2.0, 0.0))
+            cells[k][column] = (min(c, r["cosine"]), max(m, r["max_abs"]))
     for (g, o), v in cells.items():
-        f16, i8 = v.get("fp16"), v.get("int8")
-        lines.append(f"| {g} | {o} | " + (f"{f16[0]:.6f} | {f16[1]:.3g}" if f16 else "- | -") + " | "
-                     + (f"{i8[0]:.6f} | {i8[1]:.3g}" if i8 else "- | -") + " |")
+        lines.append(f"| {g} | {o} | " + " | ".join(f"{v[c][0]:.6f} | {v[c][1]:.3g}" if c in v else "- | -"
+                                                    for c in columns) + " |")
     return "\n".join(lines)
 
 
 # --- latency ---------------------------------------------------------------------------------
 def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """ONNX Runtime CPU latency of every graph at every precision of ``--engines`` (INT8 twice: with
-    ONNX Runtime's Q/DQ fusion into int8 kernels, the CPU speed, and without, the parity mode)."""
+    """ONNX Runtime CPU latency of every graph at every precision of ``--engines``: the portable graphs
+    and ONNX Runtime's flavours ("ort": fused attention in FP32, ORT's own INT8); the portable INT8
+    graph twice, with ONNX Runtime's Q/DQ fusion and without (the parity mode)."""
     from calibration.images import read_calibration_images
     from calibration.inputs import CalibrationInputs
     from runtime.backends.onnxruntime import OrtGraph
     from runtime.graphs import GRAPHS
-    from runtime.manifest import load_manifest
+    from runtime.manifest import ONNXRUNTIME, load_manifest
     from runtime.preprocessing import OwlPreprocessing, Sam2Preprocessing
 
     manifest = load_manifest(args.engines)
@@ -360,9 +371,14 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
             spec = GRAPHS[name]
             feeds = inputs.feeds(name, limit=1)[0]
             files = manifest.graphs[name]["files"]
+            ort = manifest.graphs[name].get(ONNXRUNTIME) or {}
             variants = {"fp32": (files["fp32"], False)}
+            if "fp32" in ort:
+                variants["fp32 ort"] = (ort["fp32"], False)
             if "fp16" in files:
                 variants["fp16"] = (files["fp16"], False)
+            if ort.get("int8", {}).get("precision") == "int8":
+                variants["int8 ort"] = (ort["int8"], False)
             if "int8" in files and files["int8"].get("precision", "int8") == "int8":
                 variants["int8 (Q/DQ fused)"] = (files["int8"], False)
                 variants["int8 (fusion off)"] = (files["int8"], True)
@@ -374,12 +390,13 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()), file=sys.stderr, flush=True)
     finally:
         inputs.close()
-    keys = ["fp32", "fp16", "int8 (Q/DQ fused)", "int8 (fusion off)"]
-    lines = ["| graph | dims | " + " | ".join(f"{k} (ms)" for k in keys) + " | fp32/int8 fused |",
+    keys = ["fp32", "fp32 ort", "fp16", "int8 ort", "int8 (Q/DQ fused)", "int8 (fusion off)"]
+    lines = ["| graph | dims | " + " | ".join(f"{k} (ms)" for k in keys) + " | fp32 ort/int8 ort |",
              "|---|---|" + "---|" * (len(keys) + 1)]
     for r in rows:
         cells = [f"{r['ms'][k]:.1f}" if k in r["ms"] else "-" for k in keys]
-        ratio = f"{r['ms']['fp32'] / r['ms']['int8 (Q/DQ fused)']:.2f}" if "int8 (Q/DQ fused)" in r["ms"] else "-"
+        fp32 = r["ms"].get("fp32 ort", r["ms"]["fp32"])
+        ratio = f"{fp32 / r['ms']['int8 ort']:.2f}" if "int8 ort" in r["ms"] else "-"
         dims = ", ".join(f"{k}={v}" for k, v in r["dims"].items()) or "-"
         lines.append(f"| {r['graph']} | {dims} | " + " | ".join(cells) + f" | {ratio} |")
     lines.append("")
@@ -454,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "latency":
         result = latency(args)
     if result is not None and args.json:
-        write_json(args.json, result)
+        write_json(args.json, with_machine("tools.bench.precision", result, argv))
     return 0
 
 

@@ -179,7 +179,7 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     c, m = report["config"], report["machine"]
     fig.suptitle(f"{Path(c['engines']).name}: {c['size'][0]}x{c['size'][1]}, {c['prompts']} prompts, {c['backend']} "
-                 f"{c['precision']} — {m.get('cpu')}, {m['cpu_count']} CPUs", fontsize=9)
+                 f"{c['precision']} — {(m.get('cpu') or {}).get('model')}, {m['cpu_count']} CPUs", fontsize=9)
     fig.tight_layout()
     write_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
-from tools.bench.common import SAM_ARCHES, image_size_arg, random_sam, rss_mb, write_json
+from tools.bench.common import SAM_ARCHES, image_size_arg, random_sam, rss_mb, with_machine, write_json
 
 
 def build_fullsize_graphs(arch: str, out: Path, threads: int, say) -> tuple[dict, Any, dict]:
@@ -117,7 +117,7 @@ def speed(args: argparse.Namespace) -> int:
             say(json.dumps(results[-1]))
     print(format_speed(results, args, SAM2_MEMORY_ATTENTION.name))
     if args.json:
-        write_json(args.json, results)
+        write_json(args.json, with_machine("tools.bench.tracking", results))
     return 0
 
 
@@ -170,7 +170,7 @@ def rss(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"| {row['frame']} | {row['rss_mb']:.1f} | {row['objects']} | {row['ms_per_frame']:.1f} |")
     if args.json:
-        write_json(args.json, rows)
+        write_json(args.json, with_machine("tools.bench.tracking", rows))
     return 0
 
 
