@@ -30,8 +30,9 @@ def tensorrt_importable() -> bool:
 
 
 def scaled_graph_copy(src: Path, dst: Path, graph: str, factor: float) -> Path:
-    """A copy of the artifact ``src`` whose FP32 ``graph`` has every float weight scaled by ``factor``,
-    the manifest's record of the file updated (so that only parity can tell)."""
+    """A copy of the artifact ``src`` whose FP32 ``graph`` as ONNX Runtime runs it (its own flavour where
+    the export wrote one) has every float weight scaled by ``factor``, the manifest's record of the file
+    updated (so that only parity can tell)."""
     import onnx
     from onnx import numpy_helper
 
@@ -39,16 +40,17 @@ def scaled_graph_copy(src: Path, dst: Path, graph: str, factor: float) -> Path:
     from runtime.manifest import MANIFEST_NAME, load_manifest
 
     shutil.copytree(src, dst)
-    path = dst / f"{graph}.onnx"
+    manifest = load_manifest(dst)
+    path = manifest.onnxruntime_graph_path(graph, "fp32", verify=False)
     model = onnx.load(str(path))
     for t in model.graph.initializer:
         a = numpy_helper.to_array(t)
         if a.dtype == np.float32 and a.size > 1:
             t.CopyFrom(numpy_helper.from_array(a * np.float32(factor), t.name))
     onnx.save(model, str(path))
-    data = load_manifest(dst).data
-    data["graphs"][graph]["files"]["fp32"]["files"] = [file_record(dst, path)]
-    write_json(dst / MANIFEST_NAME, data)
+    entry = manifest.onnxruntime_entry(graph, "fp32") or manifest.data["graphs"][graph]["files"]["fp32"]
+    entry["files"] = [file_record(dst, path)]
+    write_json(dst / MANIFEST_NAME, manifest.data)
     return dst
 
 
