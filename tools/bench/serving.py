@@ -1,7 +1,7 @@
 """Serving cost: ``python -m tools.serve`` under load against direct ``Pipeline.predict`` calls.
 
     python -m tools.bench.serving --engines DIR [--concurrency 1 4 16] [--requests 5] [--size 720x1280]
-                                  [--prompts 4] [--threads N] [--backend onnxruntime] [--precision fp32]
+                                  [--prompts 4] [--threshold T] [--threads N] [--backend onnxruntime] [--precision fp32]
                                   [--grpc] [--out DIR]
 
 The same JPEG bytes and prompts go to the ``owlsam`` model (served alone, one instance, the same
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=whole_number(1), default=5, metavar="N", help="per client and level (default 5)")
     p.add_argument("--size", type=image_size_arg, default=(720, 1280), metavar="HxW", help="image size (default 720x1280)")
     p.add_argument("--prompts", type=whole_number(1), default=4, metavar="N", help="default 4")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="score threshold sent with every request (default: the artifact's; random full-size "
+                        "weights need a high one, or thousands of boxes are masks)")
     p.add_argument("--threads", type=whole_number(1), metavar="N", help="ONNX Runtime threads (default: its own)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -68,7 +71,7 @@ class Direct:
 
         self.pipe = Pipeline.load(args.engines, backend=args.backend, precision=args.precision,
                                   intra_op_threads=args.threads)
-        self.data, self.prompts, self.latencies = data, prompts, []
+        self.data, self.prompts, self.threshold, self.latencies = data, prompts, args.threshold, []
         self.run()  # warm-up
         self.latencies.clear()
 
@@ -76,7 +79,7 @@ class Direct:
         from runtime.images import decode_image
 
         t = time.perf_counter()
-        self.pipe.predict(decode_image(self.data), self.prompts)
+        self.pipe.predict(decode_image(self.data), self.prompts, threshold=self.threshold)
         self.latencies.append(time.perf_counter() - t)
 
 
@@ -98,7 +101,7 @@ def bench_served(args: argparse.Namespace, data: bytes, prompts: list[str], extr
         if not wait_ready(server, endpoints, [OWLSAM.name], timeout_s=600):
             raise UserError(f"python -m tools.serve exited with status {server.returncode}; see {log}")
         warm = Connection(url, args.grpc, OWLSAM.name, 3600)
-        warm.infer(data, prompts, None)
+        warm.infer(data, prompts, args.threshold)
         warm.close()
         out = {}
         for n in args.concurrency:
@@ -111,7 +114,7 @@ def bench_served(args: argparse.Namespace, data: bytes, prompts: list[str], extr
                             direct.run()
                             time.sleep(PAUSE_S)
                         t = time.perf_counter()
-                        conn.infer(data, prompts, None)
+                        conn.infer(data, prompts, args.threshold)
                         times.append(time.perf_counter() - t)
                         if n == 1:
                             time.sleep(PAUSE_S)
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         direct.pipe.close()
     direct_summary = _summary(direct.latencies, sum(direct.latencies))
     report = {"command": "python -m tools.bench.serving " + " ".join(sys.argv[1:] if argv is None else argv),
-              "config": {"engines": str(args.engines), "size": list(args.size), "prompts": args.prompts,
+              "config": {"engines": str(args.engines), "size": list(args.size), "prompts": args.prompts, "threshold": args.threshold,
                          "backend": args.backend, "precision": args.precision, "threads": args.threads,
                          "concurrency": list(args.concurrency), "requests": args.requests,
                          "protocol": "grpc" if args.grpc else "http"},
