@@ -1,7 +1,8 @@
 """Serving cost: ``python -m tools.serve`` under load against direct ``Pipeline.predict`` calls.
 
     python -m tools.bench.serving --engines DIR [--concurrency 1 4 16] [--requests 5] [--size 720x1280]
-                                  [--prompts 4] [--threshold T] [--threads N] [--backend onnxruntime] [--precision fp32]
+                                  [--prompts 4] [--threshold T] [--threads N] [--max-batch N]
+                                  [--backend onnxruntime] [--precision fp32]
                                   [--grpc] [--out DIR]
 
 The same JPEG bytes and prompts go to the ``owlsam`` model (served alone, one instance, the same
@@ -35,7 +36,6 @@ from tools.bench.common import image_size_arg, machine_info
 from tools.benchmark import prompt_list
 from tools.outputs import write_atomic
 
-VARIANTS = {"batching": (), "no batching": ("--max-batch", "1")}
 PAUSE_S = 0.2
 
 
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score threshold sent with every request (default: the artifact's; random full-size "
                         "weights need a high one, or thousands of boxes are masks)")
     p.add_argument("--threads", type=whole_number(1), metavar="N", help="ONNX Runtime threads (default: its own)")
+    p.add_argument("--max-batch", type=whole_number(2), metavar="N",
+                   help="the batching server's --max-batch (default: the artifact's batch maximum)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--grpc", action="store_true", help="clients use gRPC (default HTTP)")
@@ -207,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                 direct.run()
         served = {}
         with tempfile.TemporaryDirectory() as tmp:
-            for name, extra in VARIANTS.items():
+            batching = ("--max-batch", str(args.max_batch)) if args.max_batch else ()
+            for name, extra in {"batching": batching, "no batching": ("--max-batch", "1")}.items():
                 print(f"served, {name} ...", file=sys.stderr)
                 levels = bench_served(args, data, prompts, extra, Path(tmp) / "serve.log", direct)
                 served[name] = {str(n): s for n, s in levels.items()}
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     direct_summary = _summary(direct.latencies, sum(direct.latencies))
     report = {"command": "python -m tools.bench.serving " + " ".join(sys.argv[1:] if argv is None else argv),
               "config": {"engines": str(args.engines), "size": list(args.size), "prompts": args.prompts, "threshold": args.threshold,
-                         "backend": args.backend, "precision": args.precision, "threads": args.threads,
+                         "backend": args.backend, "precision": args.precision, "threads": args.threads, "max_batch": args.max_batch,
                          "concurrency": list(args.concurrency), "requests": args.requests,
                          "protocol": "grpc" if args.grpc else "http"},
               "machine": machine_info(), "direct": direct_summary, "served": served,
