@@ -55,7 +55,7 @@ def test_image_inputs_are_the_runtime_preprocessing(manifest, inputs):
 
 def test_decoder_boxes_are_owl_detections_topped_up_with_random_boxes(manifest, inputs):
     assert inputs.boxes_per_image == 8
-    opener = onnxruntime_opener(manifest)
+    opener = onnxruntime_opener(manifest, flavour="portable")  # the graphs calibration runs (TensorRT's)
     detector = OwlDetector.from_manifest(manifest, opener)
     segmenter = Sam2Segmenter.from_manifest(manifest, opener)  # the runtime's encoder, run independently
     sam = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
