@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli
 from runtime.graphs import DYNAMIC_DIMS
+from runtime.manifest import ONNXRUNTIME_SUFFIX
 
 ERROR = "error"
 WARNING = "warning"
@@ -516,11 +517,12 @@ def _attr_int(attrs, name: str, default: int) -> int:
 # --- command line -----------------------------------------------------------------------------
 
 def onnx_files(paths: Sequence[Path]) -> list[Path]:
-    """The ONNX files named, or every ``*.onnx`` of a named directory (an artifact)."""
+    """The ONNX files named, or every ``*.onnx`` of a named directory (an artifact) but the graphs
+    written for ONNX Runtime (their contrib ops are ONNX Runtime's, not TensorRT's)."""
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(p.glob("*.onnx"))
+            found = sorted(f for f in p.glob("*.onnx") if not f.name.endswith(ONNXRUNTIME_SUFFIX))
             if not found:
                 raise UserError(f"{p} has no .onnx files; pass an engines directory or ONNX files")
             files += found

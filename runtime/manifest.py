@@ -63,11 +63,15 @@ def _quote(text: str) -> str:
     return text if text == "ID|DIR" else shlex.quote(text)
 
 
+#: How the graph files written for ONNX Runtime alone end (TensorRT never reads them).
+ONNXRUNTIME_SUFFIX = ".ort.onnx"
+
+
 def graph_file_name(graph: str, precision: str, flavour: str = "portable") -> str:
     """``owl_image.onnx`` for FP32 (the reference export), ``owl_image.fp16.onnx`` otherwise; the
     ONNX Runtime flavour ends in ``.ort.onnx`` (``owl_image.ort.onnx``, ``owl_image.int8.ort.onnx``)."""
     stem = graph if precision == "fp32" else f"{graph}.{precision}"
-    return f"{stem}.ort.onnx" if flavour == ONNXRUNTIME else f"{stem}.onnx"
+    return stem + ONNXRUNTIME_SUFFIX if flavour == ONNXRUNTIME else f"{stem}.onnx"
 
 
 @dataclass(frozen=True)
