@@ -241,6 +241,7 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
     ``parity``, written to parity.json), or a ParityError naming the failures: nothing is written then."""
     from calibration.inputs import CalibrationInputs
     from export.artifact import file_record, write_json
+    from export.ort_flavour import write_onnxruntime_int8
     from export.parity import ParityError
     from export.precision import (format_flips, format_precision_table, precision_failures, rejected_flips,
                                   write_precisions)
@@ -254,7 +255,8 @@ def _write_precisions(tmp: Path, graphs, precisions: list[str], args: argparse.N
     previous = args.out if is_artifact(args.out) else None
     try:
         outcome = write_precisions(tmp, graphs, precisions, file_record=file_record, inputs=inputs, previous=previous,
-                                   method=args.calib_method or "entropy", seed=args.seed, say=say)
+                                   method=args.calib_method or "entropy", seed=args.seed,
+                                   onnxruntime_int8=write_onnxruntime_int8, say=say)
     finally:
         if inputs is not None:
             inputs.close()

@@ -296,7 +296,7 @@ def quantize_for_onnxruntime(
 
 
 # ----------------------------------------------------------------------------------------------
-# The export step (called by export.precision.write_precisions for --int8).
+# The export step (given to export.precision.write_precisions for --int8 by its callers).
 
 #: Why the graphs the INT8 plan keeps at higher precision are FP32, not FP16, in ONNX Runtime.
 KEPT_FP32 = "FP32 in ONNX Runtime, whose CPU kernels compute FP16 through casts (slower than FP32)"

@@ -726,6 +726,7 @@ def write_precisions(
     method: str = "entropy",
     seed: int = 0,
     keep_fp16: Mapping[str, str] | None = None,
+    onnxruntime_int8=None,
     say=lambda msg: None,
 ) -> PrecisionOutcome:
     """Write ``<graph>.fp16.onnx`` / ``<graph>.int8.onnx`` for every graph into ``root`` (the staged
@@ -735,7 +736,9 @@ def write_precisions(
     and why. ``graphs`` are the ``GraphExport`` values of the export; ``inputs`` a
     :class:`calibration.inputs.CalibrationInputs` (needed for ``int8``; left open: whoever made it
     closes it); ``previous`` an earlier artifact at the output path whose ``calibration/`` cache may
-    be reused; ``file_record(root, path)`` makes the manifest's file records.
+    be reused; ``file_record(root, path)`` makes the manifest's file records. With ``int8``,
+    ``onnxruntime_int8`` (``export.ort_flavour.write_onnxruntime_int8``, passed in so that module may
+    use this one) writes ONNX Runtime's own INT8 graphs from the same calibration.
     """
     from calibration.cache import ScaleCache
     from calibration.inputs import calibration_key, graph_digest
@@ -864,10 +867,8 @@ def write_precisions(
             say(f"[int8 {i}/{len(order)}] {name}: {what}"
                 + (f", parity {_verdict(graph_rows, flips, name, 'int8')}" if graph_rows else ""))
     onnxruntime: dict[str, dict[str, dict[str, Any]]] = {}
-    if "int8" in precisions:  # ONNX Runtime's own INT8, from the same calibration set and cache
-        from export.ort_flavour import write_onnxruntime_int8
-
-        onnxruntime, ort_rows, ort_flips, calibration_record["onnxruntime"] = write_onnxruntime_int8(
+    if "int8" in precisions and onnxruntime_int8 is not None:  # from the same calibration set and cache
+        onnxruntime, ort_rows, ort_flips, calibration_record["onnxruntime"] = onnxruntime_int8(
             root, graphs, int8_plan, inputs, cache, shas, file_record=file_record, seed=seed, say=say)
         rows += ort_rows
         flips += ort_flips

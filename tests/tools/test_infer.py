@@ -339,10 +339,12 @@ def test_inputs_sharing_a_stem_get_their_own_outputs(infer, tiny_artifact, tmp_p
 
 @pytest.fixture(scope="module")
 def tampered(tiny_artifact, tmp_path_factory) -> Path:
+    from runtime.manifest import load_manifest
+
     art = tmp_path_factory.mktemp("tampered") / "a"
     shutil.copytree(tiny_artifact, art)
-    with open(art / "owl_image.onnx", "ab") as f:
-        f.write(b"\0")
+    with open(load_manifest(art).onnxruntime_graph_path("owl_image", "fp32", verify=False), "ab") as f:
+        f.write(b"\0")  # the file ONNX Runtime opens (its own flavour where the export wrote one)
     return art
 
 
@@ -371,7 +373,7 @@ def test_bad_inputs_are_one_line_errors(infer, one_error_line, tiny_artifact, ph
         ([*base, "--prompt", "cat", "--device", "tpu"], ["--device", "'tpu' is not one of cpu, cuda"]),
         ([*base[:5], a_file, "--prompt", "cat"], ["file.txt", "not a folder"]),
         (["--engines", tmp_path / "missing", *base[2:], "--prompt", "cat"], ["does not exist"]),
-        (["--engines", tampered, *base[2:], "--prompt", "cat"], ["owl_image.onnx", "does not match the manifest"]),
+        (["--engines", tampered, *base[2:], "--prompt", "cat"], ["owl_image", "does not match the manifest"]),
         ([*base, "--prompt", "cat", "--precision", "fp16"], ["has no fp16 graphs", "fp32"]),
         ([*base, "--prompt", "cat", "--threshold", "2"], ["--threshold", "not in [0, 1]"]),
         ([*base, "--prompt", "cat", "--backend", "cuda"], ["--backend"]),

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from runtime.errors import UserError
+from runtime.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,12 +120,13 @@ def test_corrupted_entry_is_rebuilt(first_runs, copy_export, tmp_path, monkeypat
     mine = tmp_path / "cache"
     shutil.copytree(cache, mine)
     entry = mine / "artifacts" / pristine.name
-    with open(entry / "owl_image.onnx", "ab") as f:
+    name = load_manifest(entry).onnxruntime_graph_path("owl_image", "fp32", verify=False).name  # what runs
+    with open(entry / name, "ab") as f:
         f.write(b"\0")
     err = _run_in_process(mine, args, tmp_path / "out", monkeypatch, capsys)
     assert calls == [entry]
-    assert "unusable" in err and "owl_image.onnx" in err and "exporting it again" in err
-    assert (entry / "owl_image.onnx").read_bytes() == (pristine / "owl_image.onnx").read_bytes()
+    assert "unusable" in err and name in err and "exporting it again" in err
+    assert (entry / name).read_bytes() == (pristine / name).read_bytes()
     assert (tmp_path / "out" / "detections.json").is_file()
 
 

@@ -87,6 +87,7 @@ def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
     from export.build import PROMPT_TEMPLATE
     from export.models import load_owl, load_sam
     from export.owl import owl_graph_exports, owl_sizes
+    from export.ort_flavour import write_onnxruntime_int8
     from export.precision import format_precision_table, write_precisions
     from export.sam2 import sam2_graph_exports, sam2_sizes
     from runtime.manifest import MANIFEST_NAME, ONNXRUNTIME, PARITY_NAME, load_manifest
@@ -114,7 +115,8 @@ def write_precision_artifact(args: argparse.Namespace) -> dict[str, Any]:
     try:
         outcome = write_precisions(out, graphs, ["fp16", "int8"], file_record=file_record, inputs=inputs,
                                    previous=args.reuse_calibration or src,
-                                   method=args.calib_method, keep_fp16={} if args.int8_all else None, say=say)
+                                   method=args.calib_method, keep_fp16={} if args.int8_all else None,
+                                   onnxruntime_int8=write_onnxruntime_int8, say=say)
     finally:
         inputs.close()
     total = time.perf_counter() - t0
