@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _tensorrt import tensorrt_importable
 from runtime.backends.tensorrt import (
     DeviceInfo,
     EngineRecord,
@@ -139,11 +140,8 @@ def test_status_says_why_when_unavailable():
 
 
 def test_missing_tensorrt_is_a_user_error_naming_the_extra(tiny_artifact):
-    try:
-        import tensorrt  # noqa: F401
+    if tensorrt_importable():
         pytest.skip("tensorrt is installed here")
-    except (ImportError, OSError):
-        pass
     from runtime.backends.tensorrt import tensorrt_opener
 
     with pytest.raises(UserError, match=r"pip install 'owlsam-trt\[trt\]'"):

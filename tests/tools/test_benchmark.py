@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from _tensorrt import tensorrt_importable
+
 from runtime.profiling import PIPELINE_STAGES
 
 
@@ -17,14 +19,6 @@ from runtime.profiling import PIPELINE_STAGES
 def benchmark(run_module):
     """``benchmark(*args, check=0)``: ``python -m tools.benchmark args`` (conftest's ``run_module``)."""
     return functools.partial(run_module, "tools.benchmark", timeout=600)
-
-
-def tensorrt_importable() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _tensorrt import tensorrt_importable
 from tools.outputs import PALETTE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -386,11 +387,7 @@ def test_bad_inputs_are_one_line_errors(infer, one_error_line, tiny_artifact, ph
 
 
 def test_tensorrt_requested_without_tensorrt(infer, one_error_line, tiny_artifact, photo, tmp_path):
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        pass
-    else:
+    if tensorrt_importable():
         pytest.skip("tensorrt is importable here")
     r = infer("--engines", tiny_artifact, "--input", photo[0], "--prompt", "cat", "--output", tmp_path / "o",
               "--backend", "tensorrt", check=None)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _tensorrt import tensorrt_importable
+
 pytestmark = pytest.mark.slow
 
 
@@ -19,14 +21,6 @@ pytestmark = pytest.mark.slow
 def parity(run_module):
     """``parity(*args, check=0)``: ``python -m tools.parity args`` (conftest's ``run_module``)."""
     return functools.partial(run_module, "tools.parity", timeout=600)
-
-
-def tensorrt_importable() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
 
 
 def scaled_graph_copy(src: Path, dst: Path, graph: str, factor: float) -> Path:
