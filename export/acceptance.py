@@ -185,8 +185,8 @@ class MaskCheck:
     margin: np.ndarray  # the reference's margin to that flip's boundary
     flipped: np.ndarray  # matches that candidate instead of the choice
     accepted: np.ndarray
+    choice: np.ndarray  # per mask: the name of the choice a flip there flipped (rule's or its nested one)
     rule: ChoiceRule = field(repr=False)
-    choice: np.ndarray = field(repr=False, default=None)  # the name of the choice that flipped, per mask
 
     @property
     def passed(self) -> bool:
@@ -218,7 +218,7 @@ def check_masks(got: np.ndarray, ref: dict[str, np.ndarray], min_iou: float, rul
         epsilon, choice = np.where(use, n.epsilon, epsilon), np.where(use, n.name, choice)
     flipped = (iou < min_iou) & (other >= min_iou)
     accepted = (iou >= min_iou) | (flipped & (margin <= epsilon))
-    return MaskCheck(iou, other, margin, flipped, accepted, rule, choice)
+    return MaskCheck(iou, other, margin, flipped, accepted, choice, rule)
 
 
 def single_mask_accepted(got: np.ndarray, ref: dict[str, np.ndarray], min_iou: float):
