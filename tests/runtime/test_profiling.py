@@ -34,7 +34,7 @@ def test_predict_times_every_stage_and_counts_images(pipe, make_image):
 
 def test_text_cache_keeps_the_most_recently_used_prompt_sets(pipe):
     owl = pipe.owl
-    small = OwlDetector(owl.text, owl.image, owl.head, owl.tokenizer, owl.preprocessing, query_cache_size=2)
+    small = OwlDetector(owl.text, owl.pixels, owl.image, owl.head, owl.tokenizer, owl.preprocessing, query_cache_size=2)
     calls = []
     run = small.text.run
 

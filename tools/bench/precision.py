@@ -296,7 +296,8 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
             opener = lambda spec, a=int8_open, b=fp16_open, k=keep: (b if spec.name in k else a)(spec)  # noqa: E731
         owl, seg = OwlDetector.from_manifest(manifest, opener), Sam2Segmenter.from_manifest(manifest, opener)
         # the multimask decoder on the same sam2_image graph (its features are computed once, by seg)
-        seg_multi = Sam2Segmenter(seg.image, opener(SAM2_DECODER_MULTIMASK), seg.preprocessing, seg.max_boxes)
+        seg_multi = Sam2Segmenter(seg.pixels, seg.image, opener(SAM2_DECODER_MULTIMASK), seg.upsample.graph,
+                                  seg.preprocessing, seg.max_boxes, seg.upsample.max_masks)
         dets, ious, multi_ious = [], [], []
         for img, bx, (ref_det, (ref_masks, ref_multi)) in zip(images, boxes, refs):
             (d,) = owl.detect([img], texts, threshold=args.threshold)
