@@ -138,8 +138,8 @@ class CalibrationInputs:
         self._memo: dict[tuple[str, int], Any] = {}
         self._video: VideoRecording | None = None
         if sizes is not None and all(k in sizes for k in VIDEO_SIZES):
-            dims = {NUM_OBJECTS: DYNAMIC_DIMS[NUM_OBJECTS].max, NUM_BOXES: DYNAMIC_DIMS[NUM_BOXES].max, **(max_dims or {})}
-            self._video = VideoRecording(self, sizes, dims[NUM_OBJECTS], dims[NUM_BOXES], video)
+            dims = {**{d: r.max for d, r in DYNAMIC_DIMS.items()}, **(max_dims or {})}
+            self._video = VideoRecording(self, sizes, dims, video)
 
     # --- what the cache key needs -----------------------------------------------------------
     def supports(self, graph: str) -> bool:

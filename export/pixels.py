@@ -27,7 +27,9 @@ BILINEAR_TAPS = 2
 
 
 def resample(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:
-    """``out[.., i, ..] = sum_t weight[i, t] * x[.., index[i, t], ..]`` along ``axis``."""
+    """``out[.., i, ..] = sum_t weight[i, t] * x[.., index[i, t], ..]`` along ``axis``. Callers put
+    ``axis`` before long trailing dims: a Gather copies one block of the trailing dims per index, so
+    on a CPU it runs at memory speed only where those blocks are long (not over the last axis)."""
     n, taps = index.shape
     picked = torch.index_select(x, axis, index.reshape(-1))
     shape = list(x.shape)
@@ -47,9 +49,10 @@ class OwlPixels(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32))
 
     def forward(self, image, row_index, row_weight, column_index, column_weight):
-        x = resample(image.to(torch.float32), column_index, column_weight, 2)  # the wider axis first in memory
-        x = resample(x, row_index, row_weight, 1) * self.rescale
-        return ((x - self.mean) / self.std).permute(0, 3, 1, 2)
+        x = image.to(torch.float32).permute(0, 3, 2, 1)  # [B, 3, W, H]: columns first, each gather over long rows
+        x = resample(x, column_index, column_weight, 2).transpose(2, 3)  # [B, 3, H, S]
+        x = resample(x, row_index, row_weight, 2) * self.rescale  # [B, 3, S, S]
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
 
 
 class Sam2Pixels(nn.Module):
@@ -63,9 +66,10 @@ class Sam2Pixels(nn.Module):
         self.register_buffer("std", torch.from_numpy(np.asarray(cfg.std, np.float32) * inv))
 
     def forward(self, image, row_index, row_weight, row_scale, column_index, column_weight, column_scale):
-        x = _fixed_point(resample(image.to(torch.int32), column_index, column_weight, 2), column_scale)
-        x = _fixed_point(resample(x, row_index, row_weight, 1), row_scale).to(torch.float32)
-        return ((x - self.mean) / self.std).permute(0, 3, 1, 2)
+        x = image.to(torch.int32).permute(0, 3, 2, 1)  # [B, 3, W, H], as OwlPixels
+        x = _fixed_point(resample(x, column_index, column_weight, 2), column_scale).transpose(2, 3)
+        x = _fixed_point(resample(x, row_index, row_weight, 2), row_scale).to(torch.float32)
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
 
 
 def _fixed_point(total: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -87,7 +91,7 @@ class Sam2Masks(nn.Module):
         self.threshold = float(np.float32(threshold))
 
     def forward(self, mask_logits, row_index, row_weight, column_index, column_weight):
-        x = resample(mask_logits, column_index, column_weight, 2)
+        x = resample(mask_logits.transpose(1, 2), column_index, column_weight, 1).transpose(1, 2)  # [N, m, W]
         return resample(x, row_index, row_weight, 1) > self.threshold
 
 
