@@ -23,7 +23,7 @@ from PIL import Image
 
 from runtime.backends import call_all, close_after, close_graphs, onnxruntime_opener, recording_opener
 from runtime.errors import ArtifactError, UserError, one_line
-from runtime.graphs import (BATCH, IMAGE_HEIGHT, IMAGE_WIDTH, OWL_HEAD, OWL_IMAGE, OWL_PIXELS, OWL_TEXT,
+from runtime.graphs import (BATCH, GRAPHS, IMAGE_HEIGHT, IMAGE_WIDTH, OWL_HEAD, OWL_IMAGE, OWL_PIXELS, OWL_TEXT,
                             SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE, SAM2_MASKS, SAM2_PIXELS)
 from runtime.images import load_image
 from runtime.manifest import ONNXRUNTIME, PRECISIONS, Manifest, export_command, load_manifest
@@ -109,7 +109,9 @@ def _tensorrt_opener() -> tuple[Callable[..., Any] | None, str]:
 def engine_precisions(manifest: Manifest) -> list[str]:
     """Precisions at which the manifest lists any TensorRT engine."""
     have = set()
-    for by_precision in (manifest.data.get("engines") or {}).values():
+    for name, by_precision in (manifest.data.get("engines") or {}).items():
+        if getattr(GRAPHS.get(name), "fixed_precision", None):  # the pixel graphs' FP32 engines serve every precision
+            continue
         if isinstance(by_precision, dict):
             have |= {p for p, per_gpu in by_precision.items() if per_gpu}
     return [p for p in PRECISIONS if p in have]

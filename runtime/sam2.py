@@ -44,6 +44,11 @@ class MaskUpsampler:
 
     def __init__(self, graph: GraphRunner, mask_size: int, max_masks: int, timer: StageTimer) -> None:
         self.graph, self.mask_size, self.max_masks, self.timer = graph, mask_size, max_masks, timer
+        self.stream = None  # TensorRT: a stream of the caller's to run on (None: the graph's own, run())
+
+    def prepare(self) -> None:
+        """TensorRT: the context and buffers for the calls' stream, made now (only the masks come back)."""
+        self.graph.prepare(self.stream, host_outputs=SAM2_MASKS.output_names)
 
     def __call__(self, logits: np.ndarray, image_hw: Sequence[int]) -> np.ndarray:
         """``logits`` [N, m, m] float32 -> bool [N, H, W]."""
@@ -53,7 +58,11 @@ class MaskUpsampler:
         for start in range(0, len(logits), self.max_masks):
             feeds = {SAM2_MASKS.input_names[0]: logits[start : start + self.max_masks], **tables}
             with self.timer.graph():
-                parts.append(self.graph.run(feeds)[SAM2_MASKS.output_names[0]])
+                if self.stream is None:
+                    out = self.graph.run(feeds)
+                else:
+                    out = self.graph.enqueue(feeds, self.stream, host_outputs=SAM2_MASKS.output_names).outputs()
+                parts.append(out[SAM2_MASKS.output_names[0]])
         if not parts:
             return np.zeros((0, h, w), bool)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -94,6 +103,7 @@ class Sam2Segmenter:
         self.pixels.prepare(self.stream, host_outputs=())
         self.image.prepare(self.stream, host_outputs=())
         self.decoder.prepare(host_inputs=(_BOXES,))
+        self.upsample.prepare()
 
     def image_features(self, images: Sequence[np.ndarray]) -> Mapping[str, Any]:
         """Encoder outputs for a batch of same-size HxWx3 uint8 RGB images: arrays, or with ``stream``

@@ -327,6 +327,8 @@ class Sam2Tracker:
                 (SAM2_MEMORY_ENCODER, memory, [n for n in _ME_IN.values() if n != _ME_IN["embed"]], (_ME_FEATURES, _ME_POS))]
         for spec, stream, host_inputs, host_outputs in plan:
             self.graphs[spec.name].prepare(stream, host_inputs=host_inputs, host_outputs=host_outputs)
+        self.upsample.stream = frame  # the masks of a frame: on its stream, after its decoders
+        self.upsample.prepare()
 
     # --- graph calls ---------------------------------------------------------------------------
 
