@@ -82,7 +82,7 @@ def test_owl_pixels_match_the_processor(shape, graphs, processors, make_image):
     assert float(np.abs(got - ref).max()) <= PIXEL_TOL
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("shape", SHAPES + [(3000, 2000), (2000, 3000)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_sam2_pixels_match_the_processor(shape, graphs, processors, make_image):
     opened, _, sam = graphs
     image = _image(*shape, make_image)
