@@ -34,7 +34,7 @@ SMALLEST = {"--runs": "1", "--warmup": "0", "--frames": "1", "--objects": "1", "
             "--device": "cpu", "--modes": "eager-fp32", "--layers": "1"}
 KNOWN = ("tools.bench.torch_pipeline", "tools.bench.torch_tracking", "tools.bench.fullsize", "tools.bench.tracking",
          "tools.bench.precision", "tools.benchmark", "tools.bench.outputs", "tools.bench.serving", "tools.bench.blocks",
-         "export.build")
+         "tools.bench.batching", "export.build")
 
 
 def split(args: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
