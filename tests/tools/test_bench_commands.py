@@ -34,7 +34,7 @@ SMALLEST = {"--runs": "1", "--warmup": "0", "--frames": "1", "--objects": "1", "
             "--device": "cpu", "--modes": "eager-fp32", "--layers": "1"}
 KNOWN = ("tools.bench.torch_pipeline", "tools.bench.torch_tracking", "tools.bench.fullsize", "tools.bench.tracking",
          "tools.bench.precision", "tools.benchmark", "tools.bench.outputs", "tools.bench.serving", "tools.bench.blocks",
-         "tools.bench.host", "export.build")
+         "tools.bench.host", "tools.bench.batching", "tools.bench.gpu_evidence", "export.build")
 
 
 def split(args: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
@@ -73,6 +73,8 @@ def smallest_form(command: list[str], stand_ins: dict[str, str], video_artifact:
         "tools.bench.torch_pipeline": {"--owl-model": [stand_ins["full-ckpt/owlv2"]],
                                        "--sam-model": [stand_ins["full-ckpt/sam2"]], "--boxes": ["2"]},
         "tools.bench.torch_tracking": {"--arch": ["tiny"], "--warmup": ["6"], "--modes": ["eager-fp32"], **small_video},
+        "tools.bench.gpu_evidence": {"--device": ["cpu"], "--arch": ["tiny"], "--warmup": ["6"],
+                                     "--modes": ["eager-fp32"], **small_video},  # the tracking half: no GPU here
         "tools.bench.fullsize": {"--arch": ["tiny"]},
         "tools.bench.blocks": {"--arch": ["tiny"]},
         "tools.bench.tracking speed": {"--engines": [str(video_artifact)], **small_video},

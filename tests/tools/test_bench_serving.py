@@ -17,6 +17,8 @@ def test_serving_benchmark_writes_its_report(tiny_artifact, run_module, tmp_path
     report = json.loads((out / "serving.json").read_text())
     assert report["direct"]["requests"] == 4  # alternating with the 2 served requests at concurrency 1, per variant
     assert set(report["served"]) == {"batching", "no batching"}
+    # the batching server batches as far as the artifact allows (the server's own default on onnxruntime is 1)
+    assert report["config"]["max_batch"] == json.loads((tiny_artifact / "manifest.json").read_text())["profiles"]["batch"]["max"] > 1
     for levels in report["served"].values():
         assert {n: s["requests"] for n, s in levels.items()} == {"1": 2, "3": 6}
         for s in levels.values():

@@ -147,10 +147,15 @@ def expected(tiny_pipeline, images) -> dict[tuple[int, int], object]:
     return {(i, k): tiny_pipeline.predict(im, PROMPT_LISTS[k]) for i, im in enumerate(images) for k in range(len(PROMPT_LISTS))}
 
 
+def profile_max_batch(artifact: Path) -> int:
+    return json.loads((artifact / "manifest.json").read_text())["profiles"]["batch"]["max"]
+
+
 @pytest.fixture(scope="module")
 def server(tiny_artifact, tmp_path_factory):
+    """Batching as far as the artifact allows (above the onnxruntime default, so warned about)."""
     served = start_serve(tiny_artifact, tmp_path_factory.mktemp("serve") / "serve.log", "--backend", "onnxruntime",
-                         "--max-pixels", str(MAX_PIXELS))
+                         "--max-pixels", str(MAX_PIXELS), "--max-batch", str(profile_max_batch(tiny_artifact)))
     try:
         yield served
     finally:
@@ -178,10 +183,15 @@ def assert_result(outputs: dict, expected, hw, prompts, masks: bool = True) -> N
 
 # --- tests ------------------------------------------------------------------------------------------------
 
-def test_start_log_names_backend_and_urls(server):
+def test_start_log_names_backend_batch_and_urls(server, tiny_artifact):
     log = server.log_text()
     e = server.endpoints
     assert "backend onnxruntime, precision fp32: requested" in log
+    n = profile_max_batch(tiny_artifact)
+    assert f"\nINFO tools.serve: max batch {n}: --max-batch\n" in log
+    warnings = [line for line in log.splitlines() if line.startswith("WARNING tools.serve:")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"WARNING tools.serve: --max-batch {n} with onnxruntime: ")
+    assert "python -m tools.bench.batching --engines DIR" in warnings[0]
     assert (f"serving models owlsam, owl_detect (1 instance each): HTTP http://127.0.0.1:{e.http_port}, "
             f"gRPC 127.0.0.1:{e.grpc_port}, metrics http://127.0.0.1:{e.metrics_port}/metrics") in log
     # bound to loopback only
@@ -365,8 +375,9 @@ def test_client_errors_are_one_line(server, images, run_module, one_error_line, 
 
 
 def test_sigterm_finishes_the_requests_in_flight_and_exits_0(tiny_artifact, make_image, tmp_path):
-    served = start_serve(tiny_artifact, tmp_path / "serve.log", "--backend", "onnxruntime", "--max-batch", "2",
-                         "--models", OWLSAM.name)
+    # the default --max-batch (1 on onnxruntime): the 8 requests drain one by one, within --drain-timeout
+    served = start_serve(tiny_artifact, tmp_path / "serve.log", "--backend", "onnxruntime", "--models", OWLSAM.name,
+                         "--drain-timeout", "80")
     try:
         data = png(make_image(1500, 2000, seed=5))  # threshold 0: 16 masks of 3 MP per request
 
@@ -391,6 +402,8 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(tiny_artifact, make
     assert all(len(r["scores"]) > 0 for r in results)
     log = served.log_text()
     assert "serving models owlsam (1 instance each)" in log and "owl_detect" not in log
+    assert "\nINFO tools.serve: max batch 1: default for onnxruntime: ONNX Runtime runs on the CPU, where a batch" in log
+    assert "WARNING tools.serve" not in log
     assert "INFO tools.serve: SIGTERM: finishing the requests in flight, then stopping" in log
     assert log.rstrip().endswith("INFO tools.serve: stopped")
 

@@ -7,7 +7,8 @@
 
 The same JPEG bytes and prompts go to the ``owlsam`` model (served alone, one instance, the same
 threads) from N client threads (``--requests`` each) for every N of ``--concurrency``, with Triton's
-dynamic batching on (the default ``--max-batch``) and off (``--max-batch 1``). Direct: this process
+dynamic batching on (``--max-batch``, default the artifact's batch maximum, given to the server
+explicitly: its own default on onnxruntime is 1) and off (``--max-batch 1``). Direct: this process
 decodes the JPEG and calls ``Pipeline.predict``, alternating with the served requests at concurrency
 1 (one at a time, so that a change in the machine's load hits both alike). Latency is per request as
 the client sees it; throughput is requests over the wall time of a level. Writes ``serving.json``,
@@ -35,6 +36,7 @@ from runtime.pipeline import BACKENDS
 from tools.bench.common import image_size_arg, machine_info
 from tools.benchmark import prompt_list
 from tools.outputs import write_atomic
+from tools.serve.batching import profile_max_batch
 
 PAUSE_S = 0.2
 
@@ -203,13 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     data, prompts = buf.getvalue(), prompt_list(args.prompts)
     t_start = time.perf_counter()
     direct = Direct(args, data, prompts)
+    max_batch = args.max_batch or profile_max_batch(direct.pipe.manifest.data)  # the batching server's
     try:
         if 1 not in args.concurrency:
             for _ in range(args.requests):
                 direct.run()
         served = {}
         with tempfile.TemporaryDirectory() as tmp:
-            batching = ("--max-batch", str(args.max_batch)) if args.max_batch else ()
+            batching = ("--max-batch", str(max_batch))
             for name, extra in {"batching": batching, "no batching": ("--max-batch", "1")}.items():
                 print(f"served, {name} ...", file=sys.stderr)
                 levels = bench_served(args, data, prompts, extra, Path(tmp) / "serve.log", direct)
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     direct_summary = _summary(direct.latencies, sum(direct.latencies))
     report = {"command": "python -m tools.bench.serving " + " ".join(sys.argv[1:] if argv is None else argv),
               "config": {"engines": str(args.engines), "size": list(args.size), "prompts": args.prompts, "threshold": args.threshold,
-                         "backend": args.backend, "precision": args.precision, "threads": args.threads, "max_batch": args.max_batch,
+                         "backend": args.backend, "precision": args.precision, "threads": args.threads, "max_batch": max_batch,
                          "concurrency": list(args.concurrency), "requests": args.requests,
                          "protocol": "grpc" if args.grpc else "http"},
               "machine": machine_info(), "direct": direct_summary, "served": served,

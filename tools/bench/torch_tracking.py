@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
 from tools.bench.common import (SAM_ARCHES, TINY, Timer, command_line, fmt, image_size_arg, parameters_m, parse_mode,
@@ -191,8 +191,8 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
-        if "error" in r:
-            lines.append(f"| {r['mode']} | {r['objects']} | ERROR | | | | | | | |")
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {r['mode']} | {r['objects']} | {'ERROR' if 'error' in r else 'skipped'} | | | | | | | |")
             continue
         st = r["stages_ms"]
         lines.append(f"| {r['mode']} | {r['objects']} | {fmt(r['ms_per_frame'])} | {fmt(r['frames_per_s'], 2)} | "
@@ -204,6 +204,8 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["results"]:
         if "error" in r:
             lines.append(f"- {r['mode']}, {r['objects']} objects: ERROR {r['error'].splitlines()[0][:500]}")
+        elif "skipped" in r:
+            lines.append(f"- {r['mode']}, {r['objects']} objects: skipped, {r['skipped']}")
     lines.append("- stages in ms (median per frame, each synchronised): preprocess = Sam2VideoProcessor on the "
                  "device; image encoder = get_image_features; tracking = the model call (memory attention, prompt "
                  "encoder, mask decoder per object in turn, then one batched memory encoder); postprocess = "
@@ -225,8 +227,8 @@ def _modes(text: str) -> list[str]:
     return list(dict.fromkeys(modes))
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = OneLineArgumentParser(prog="python -m tools.bench.torch_tracking", description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None, prog: str = "python -m tools.bench.torch_tracking") -> argparse.Namespace:
+    p = OneLineArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available, else cpu")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--arch", choices=tuple(SAM_ARCHES), help="random-weight architecture (default hiera-small)")
@@ -251,8 +253,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def measure(args: argparse.Namespace, say: Callable[[str], None], deadline: float | None = None,
+            argv: list[str] | None = None) -> dict[str, Any]:
+    """The report of ``parse_args``' ``args``: a row per mode and object count. With ``deadline``
+    (a ``time.perf_counter()`` value) a row that would likely end after it is skipped, with the reason."""
     import torch  # imported here, not at the top, to keep --help and flag errors fast
 
     from tools.bench.synthetic import MovingShapes
@@ -262,7 +266,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--device cuda but torch.cuda.is_available() is False; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
 
     t0 = time.perf_counter()
     model, processor, source = build_model(args.arch, args.model, args.seed)
@@ -278,13 +281,25 @@ def main(argv: list[str] | None = None) -> int:
     h, w = args.size
     total = 1 + args.warmup + args.frames
     results = []
+    wall: dict[int, float] = {}  # seconds of the last row of each object count, to foresee the next
+    last: tuple[int, float] | None = None
     with torch.inference_mode():
         for mode in args.modes:
             name, _, amp, note = parse_mode(mode, device)  # MODES has no compile mode
             for n in args.objects:
+                head = {"mode": name, "autocast_dtype": str(amp) if amp is not None else None, "note": note}
+                # rows grow with the objects: foresee one from the same count, else scale the last row
+                need = wall.get(n, last[1] * max(1.0, n / last[0]) if last else 0.0)
+                if deadline is not None and time.perf_counter() + need > deadline:
+                    left = deadline - time.perf_counter()
+                    row = head | {"objects": n, "skipped": f"time budget: {max(left, 0):.0f} s left, the row "
+                                                           f"would take about {need:.0f} s"}
+                    say(f"[{name}] {n} objects: SKIPPED ({row['skipped']})")
+                    results.append(row)
+                    continue
+                t_row = time.perf_counter()
                 video = MovingShapes(None, h, w, num_shapes=n, seed=0, speed=4.0)
                 frames = [video.frame(t) for t in range(total)]
-                head = {"mode": name, "autocast_dtype": str(amp) if amp is not None else None, "note": note}
                 try:
                     row = head | track_row(model, processor, device, amp, frames, video.boxes(0), args.warmup,
                                            args.frames)
@@ -293,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                     row = head | {"objects": n, "error": f"{type(e).__name__}: {e}"[:3000],
                                   "traceback": traceback.format_exc()[-4000:]}
                     say(f"[{name}] {n} objects: FAILED {row['error'].splitlines()[0]}")
+                row["wall_s"] = wall[n] = time.perf_counter() - t_row
+                last = (n, wall[n])
                 results.append(row)
 
     report = {
@@ -324,10 +341,17 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     report["markdown"] = markdown(report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    report = measure(args, say, argv=argv)
     print(report["markdown"])
     if args.json:
         say(f"wrote {write_json(args.json, report)}")
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if any("error" in r for r in report["results"]) else 0
 
 
 if __name__ == "__main__":

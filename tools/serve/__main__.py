@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=whole_number(1), default=8001, metavar="N", help="default 8001")
     p.add_argument("--metrics-port", type=whole_number(1), default=8002, metavar="N", help="default 8002")
     p.add_argument("--max-batch", type=whole_number(1), metavar="N",
-                   help="requests Triton batches together (default: the artifact's batch profile maximum)")
+                   help="requests Triton batches together (default: on tensorrt the artifact's batch profile "
+                        "maximum; on onnxruntime and auto 1, as on a CPU a batch adds memory, not throughput)")
     p.add_argument("--max-queue-delay-us", type=whole_number(0), default=1000, metavar="N",
                    help="how long a request may wait for others to join its batch (default 1000)")
     p.add_argument("--instances", type=whole_number(1), default=1, metavar="N",
@@ -68,10 +69,15 @@ def _options(args: argparse.Namespace, engines: Path, backend: str, max_batch: i
                              max_pixels=args.max_pixels, threads=args.threads or 0)
 
 
-def _max_batch(args: argparse.Namespace, manifest) -> int:
-    from runtime.graphs import BATCH
+def _max_batch(args: argparse.Namespace, manifest, backend: str) -> int:
+    """``--max-batch`` or the backend's default (``tools.serve.batching``), logged with the reason."""
+    from tools.serve.batching import choose_max_batch, profile_max_batch
 
-    return args.max_batch or int(((manifest.data.get("profiles") or {}).get(BATCH) or {}).get("max", 1))
+    choice = choose_max_batch(backend, profile_max_batch(manifest.data), args.max_batch)
+    log.info("max batch %d: %s", choice.value, choice.reason)
+    if choice.warning:
+        log.warning("%s", choice.warning)
+    return choice.value
 
 
 def _models(args: argparse.Namespace) -> tuple:
@@ -93,7 +99,7 @@ def write_only(args: argparse.Namespace) -> int:
     else:
         manifest, _ = verify_artifact(args.engines, args.backend, args.precision)
     out = write_repository(Path(args.write_model_repository),
-                           _options(args, manifest.root.resolve(), args.backend, _max_batch(args, manifest)),
+                           _options(args, manifest.root.resolve(), args.backend, _max_batch(args, manifest, args.backend)),
                            _models(args))
     print(f"wrote {out}: models {', '.join(args.models)} for tritonserver --model-repository={out}",
           file=sys.stderr)
@@ -113,7 +119,8 @@ def serve(args: argparse.Namespace) -> int:
     stopping: list[str] = []
     with tempfile.TemporaryDirectory(prefix="owlsam-serve-") as tmp:
         repository = write_repository(Path(tmp) / "models",
-                                      _options(args, manifest.root.resolve(), choice.backend, _max_batch(args, manifest)),
+                                      _options(args, manifest.root.resolve(), choice.backend,
+                                               _max_batch(args, manifest, choice.backend)),
                                       _models(args))
         server = TritonServer(repository, endpoints, Path(tmp), exit_timeout_s=args.drain_timeout)
 

@@ -25,9 +25,9 @@ from tools.serve.model import TritonPythonModel  # noqa: F401
 @dataclass(frozen=True)
 class RepositoryOptions:
     engines: Path  # written as given: absolute, or relative to the repository's root
+    max_batch: int  # requests per batch (Triton's max_batch_size); tools.serve.batching chooses the default
     backend: str = "auto"
     precision: str = "fp32"
-    max_batch: int = 4  # requests per batch (Triton's max_batch_size)
     max_queue_delay_us: int = 1000  # how long a request waits for others to join its batch
     instances: int = 1  # model instances (processes, each with its own Pipeline) per model
     max_pixels: int = 0  # per request image; 0: no limit
