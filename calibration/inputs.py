@@ -138,8 +138,8 @@ class CalibrationInputs:
         self._memo: dict[tuple[str, int], Any] = {}
         self._video: VideoRecording | None = None
         if sizes is not None and all(k in sizes for k in VIDEO_SIZES):
-            dims = {NUM_OBJECTS: DYNAMIC_DIMS[NUM_OBJECTS].max, NUM_BOXES: DYNAMIC_DIMS[NUM_BOXES].max, **(max_dims or {})}
-            self._video = VideoRecording(self, sizes, dims[NUM_OBJECTS], dims[NUM_BOXES], video)
+            dims = {**{d: r.max for d, r in DYNAMIC_DIMS.items()}, **(max_dims or {})}
+            self._video = VideoRecording(self, sizes, dims, video)
 
     # --- what the cache key needs -----------------------------------------------------------
     def supports(self, graph: str) -> bool:
@@ -257,9 +257,10 @@ class CalibrationInputs:
             {SAM2_IMAGE.input_names[0]: self._sam_pixels(i)}))
 
     def _owl_detector(self) -> OwlDetector:
-        """The runtime's OWLv2 detector on the FP32 graphs (for its class head and post-processing)."""
+        """The runtime's OWLv2 detector on the FP32 graphs (for its class head and post-processing;
+        calibration makes its pixel values with the numpy reference, so no pixel graph)."""
         if self._detector is None:
-            self._detector = OwlDetector(self.fp32_graph(OWL_TEXT.name), self.fp32_graph(OWL_IMAGE.name),
+            self._detector = OwlDetector(self.fp32_graph(OWL_TEXT.name), None, self.fp32_graph(OWL_IMAGE.name),
                                          self.fp32_graph(OWL_HEAD.name), self.tokenizer, self.owl)
         return self._detector
 

@@ -17,10 +17,10 @@ import numpy as np
 
 from calibration.images import CalibrationImages, spread_order
 from runtime.backends import GraphRunner
-from runtime.graphs import (SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER,
-                            SAM2_OBJECT_POINTER, SAM2_TRACK_DECODER, SAM2_VIDEO_GRAPHS, GraphSpec)
+from runtime.graphs import (NUM_BOXES, NUM_OBJECTS, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER, SAM2_OBJECT_POINTER,
+                            SAM2_TRACK_DECODER, GraphSpec)
 from runtime.preprocessing import Sam2Preprocessing
-from runtime.tracker import Sam2Tracker, ort_objects_per_call
+from runtime.tracker import TRACKING_GRAPHS, Sam2Tracker, ort_objects_per_call, tracker_limits
 
 #: The video graphs whose calibration feeds are the tracker's recorded calls.
 RECORDED_GRAPHS = (SAM2_MEMORY_ATTENTION.name, SAM2_TRACK_DECODER.name, SAM2_OBJECT_POINTER.name,
@@ -125,15 +125,16 @@ class VideoRecording:
     """Tracks the clips of a :class:`ClipSource` on its FP32 graphs and keeps the feeds of the
     recorded graphs, one clip at a time, on demand."""
 
-    def __init__(self, inputs: ClipSource, sizes: Mapping[str, int], max_objects_per_call: int,
-                 max_boxes_per_call: int, settings: VideoClips) -> None:
+    def __init__(self, inputs: ClipSource, sizes: Mapping[str, int], max_dims: Mapping[str, int],
+                 settings: VideoClips) -> None:
         self.inputs = inputs
         self.sizes = dict(sizes)
         self.settings = settings
         self.frames = settings.frames or int(sizes["sam_max_object_pointers"]) + 1
         self.images = spread_order(len(inputs.images), settings.clips)[: settings.clips]
-        self.max_objects_per_call = int(max_objects_per_call)
-        self.max_boxes_per_call = int(max_boxes_per_call)
+        self.max_objects_per_call = int(max_dims[NUM_OBJECTS])
+        self.max_boxes_per_call = int(max_dims[NUM_BOXES])
+        self.limits = tracker_limits({d: {"max": v} for d, v in max_dims.items()})
         self.objects_per_call = min(ort_objects_per_call(sizes), self.max_objects_per_call)
         self._clips: dict[int, dict[str, list[dict[str, np.ndarray]]]] = {}
 
@@ -160,9 +161,9 @@ class VideoRecording:
         i = self.images[c]
         inputs = self.inputs
         calls: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in RECORDED_GRAPHS}
-        graphs = {g.name: _Recorder(inputs.fp32_graph(g.name), calls.get(g.name)) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
+        graphs = {g.name: _Recorder(inputs.fp32_graph(g.name), calls.get(g.name)) for g in TRACKING_GRAPHS}
         tracker = Sam2Tracker(graphs, inputs.sam, self.sizes, self.max_objects_per_call, self.max_boxes_per_call,
-                              objects_per_call=self.objects_per_call, max_objects=self.settings.objects)
+                              **self.limits, objects_per_call=self.objects_per_call, max_objects=self.settings.objects)
         image = inputs.images.load(i)
         boxes = inputs.decoder_boxes(i)[: self.settings.objects]
         rng = np.random.default_rng([inputs.seed, i, 1])

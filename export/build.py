@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
-from runtime.graphs import DYNAMIC_DIMS, BATCH, NUM_BOXES, NUM_PROMPTS, GraphSpec, with_max
+from runtime.graphs import DYNAMIC_DIMS, BATCH, IMAGE_HEIGHT, NUM_BOXES, NUM_PROMPTS, GraphSpec, with_max
 from runtime.manifest import ONNXRUNTIME, PARITY_NAME, MANIFEST_NAME, SCHEMA_VERSION, TOKENIZER_DIR, graph_file_name
 
 log = logging.getLogger("export.build")
@@ -25,7 +25,8 @@ PROMPT_TEMPLATE = "a photo of {}"
 DEFAULT_THRESHOLD = 0.1
 #: What ``--from DIR`` has no use for: options of the export, whose graphs DIR already holds.
 EXPORT_ONLY_OPTIONS = {"fp16": "--fp16", "int8": "--int8", "video": "--video", "calib_dir": "--calib-dir",
-                       "calib_count": "--calib-count", "calib_method": "--calib-method"}
+                       "calib_count": "--calib-count", "calib_method": "--calib-method",
+                       "max_image_side": "--max-image-side"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-prompts", type=whole_number(), help=f"profile maximum of {NUM_PROMPTS}")
     p.add_argument("--max-boxes", type=whole_number(), help=f"profile maximum of {NUM_BOXES}")
     p.add_argument("--max-batch", type=whole_number(), help=f"profile maximum of {BATCH}")
+    p.add_argument("--max-image-side", type=whole_number(), metavar="PIXELS",
+                   help=f"largest image height and width the pixel graphs take (default "
+                   f"{DYNAMIC_DIMS[IMAGE_HEIGHT].max}); the runtime downscales larger images to fit")
     p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs")
     p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
                    help="build TensorRT engines for an exported engines directory (no export)")
@@ -119,6 +123,7 @@ def build(args: argparse.Namespace) -> Path:
     from export.graph_export import export_to_onnx
     from export.models import load_owl, load_sam
     from export.owl import owl_graph_exports, owl_sizes
+    from export.pixels import image_ranges, pixel_graph_exports, pixel_sizes
     from export.ort_flavour import fuse_for_onnxruntime
     from export.parity import check_export_parity, failures, format_table, ParityError
     from export.preprocessing import owl_preprocessing_from_processor, sam2_preprocessing_from_processor
@@ -145,8 +150,13 @@ def build(args: argparse.Namespace) -> Path:
     owl = load_owl(args.owl_model)
     say(f"loading SAM2 from {args.sam_model}")
     sam = load_sam(args.sam_model)
-    sizes = {**owl_sizes(owl), **sam2_sizes(sam)}
-    graphs = owl_graph_exports(owl, sizes) + sam2_graph_exports(sam, sizes)
+    sizes = {**owl_sizes(owl), **sam2_sizes(sam), **pixel_sizes()}
+    owl_pre = owl_preprocessing_from_processor(owl.processor)
+    sam_pre = sam2_preprocessing_from_processor(sam.processor, mask_size=sizes["sam_mask_size"])
+    profiles = with_max(DYNAMIC_DIMS, num_prompts=args.max_prompts, num_boxes=args.max_boxes, batch=args.max_batch)
+    profiles = image_ranges(profiles, owl_pre, sam_pre, args.max_image_side)
+    graphs = (owl_graph_exports(owl, sizes) + sam2_graph_exports(sam, sizes)
+              + pixel_graph_exports(owl_pre, sam_pre, sizes, profiles))
     if args.video:  # SAM2's memory modules, from Sam2VideoModel of the same checkpoint
         from export.sam2_video import load_sam_video, sam2_video_graph_exports, sam2_video_sizes, video_ranges
 
@@ -154,7 +164,6 @@ def build(args: argparse.Namespace) -> Path:
         sam_video = load_sam_video(args.sam_model)
         sizes.update(sam2_video_sizes(sam_video, sizes))
         graphs += sam2_video_graph_exports(sam_video, sizes)
-    profiles = with_max(DYNAMIC_DIMS, num_prompts=args.max_prompts, num_boxes=args.max_boxes, batch=args.max_batch)
     if args.video:
         profiles = video_ranges(sizes, profiles)
 
@@ -200,12 +209,11 @@ def build(args: argparse.Namespace) -> Path:
         if not (tok_dir / "tokenizer.json").is_file():
             raise UserError(f"{args.owl_model}: its tokenizer has no fast (tokenizer.json) form, which the runtime needs")
 
-        owl_pre = owl_preprocessing_from_processor(owl.processor)
-        sam_pre = sam2_preprocessing_from_processor(sam.processor, mask_size=sizes["sam_mask_size"])
         precision_parity: dict[str, Any] = {}
         calibration_record = None
         if precisions:
-            outcome, precision_parity = _write_precisions(tmp, graphs, precisions, args, calib_images, owl_pre,
+            networks = [g for g in graphs if g.spec.fixed_precision is None]  # pixel graphs stay FP32
+            outcome, precision_parity = _write_precisions(tmp, networks, precisions, args, calib_images, owl_pre,
                                                           sam_pre, sizes, profiles, parity, say)
             for name, entries in outcome.entries.items():
                 records[name]["files"].update(entries)

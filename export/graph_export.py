@@ -154,7 +154,8 @@ def candidates_exposed(path: Path, spec: GraphSpec) -> Iterator[tuple[Path, Grap
         copy.unlink(missing_ok=True)
 
 
-_ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32}
+_ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32,
+               "uint8": onnx.TensorProto.UINT8, "bool": onnx.TensorProto.BOOL}
 
 
 def check_signature(spec: GraphSpec, path: Path) -> None:

@@ -25,6 +25,13 @@ NUM_BOXES = "num_boxes"
 NUM_OBJECTS = "num_objects"
 NUM_MEMORIES = "num_memories"
 NUM_POINTERS = "num_pointers"
+# pixels in, masks out: the decoded image's height and width, the taps of a resampling table per
+# output row/column (they grow with the downscale factor), and the masks upsampled per call
+IMAGE_HEIGHT = "image_height"
+IMAGE_WIDTH = "image_width"
+ROW_TAPS = "row_taps"
+COLUMN_TAPS = "column_taps"
+NUM_MASKS = "num_masks"
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,14 @@ DYNAMIC_DIMS: Mapping[str, DimRange] = {
     NUM_OBJECTS: DimRange(min=1, opt=4, max=16, parity_sizes=(1, 3)),
     NUM_MEMORIES: DimRange(min=1, opt=7, max=7, parity_sizes=(1, 3, 7)),
     NUM_POINTERS: DimRange(min=1, opt=16, max=16, parity_sizes=(1, 5, 16)),
+    # 4096: a 4K UHD frame or a 12 MP photo; larger images are downscaled to fit (runtime.resample).
+    # export.build --max-image-side changes it; the taps' maxima follow from it (export.pixels).
+    IMAGE_HEIGHT: DimRange(min=1, opt=720, max=4096, parity_sizes=(1, 7, 480)),
+    IMAGE_WIDTH: DimRange(min=1, opt=1280, max=4096, parity_sizes=(1, 3, 640)),
+    ROW_TAPS: DimRange(min=1, opt=4, max=16, parity_sizes=(1, 3, 9)),
+    COLUMN_TAPS: DimRange(min=1, opt=4, max=16, parity_sizes=(1, 2, 12)),
+    # masks upsampled to the image per call: 8 at 4096x4096 are 0.5 GB of float32 per intermediate
+    NUM_MASKS: DimRange(min=1, opt=8, max=8, parity_sizes=(1, 3)),
 }
 
 
@@ -87,6 +102,13 @@ class GraphSpec:
     # the parity checks make them outputs of a copy of the graph and compare them before the choices.
     candidates: tuple[TensorSpec, ...] = ()
     choices: tuple[str, ...] = ()
+    # Pixels in, masks out: FP32 at every precision (their arithmetic mirrors the processors; the
+    # reduced-precision graphs are the networks only), not calibrated, one file for all precisions.
+    fixed_precision: str | None = None
+
+    def runs_at(self, precision: str) -> str:
+        """The precision of this graph's file in an artifact run at ``precision``."""
+        return self.fixed_precision or precision
 
     def input(self, name: str) -> TensorSpec:
         return _by_name(self.inputs, name, self.name)
@@ -153,6 +175,9 @@ def with_max(dims: Mapping[str, DimRange], **maxima: int | None) -> dict[str, Di
 _EMBED = Tolerance(atol=1e-4, rtol=1e-3)
 _LOGIT = Tolerance(atol=1e-3, rtol=1e-3)
 _FEATURE = Tolerance(atol=5e-4, rtol=1e-3)
+# pixels and masks: the same arithmetic in ONNX and torch on exactly representable inputs
+_PIXELS = Tolerance(atol=1e-4, rtol=1e-5)
+_EXACT = Tolerance(atol=0.0, rtol=0.0)
 
 
 # --- discrete choices ------------------------------------------------------------------------
@@ -249,6 +274,28 @@ OWL_HEAD = GraphSpec(
     outputs=(TensorSpec("logits", "float32", (BATCH, "owl_num_patches", NUM_PROMPTS), _LOGIT),),
 )
 
+def _taps(kind: str, outputs: str, taps: str) -> tuple[TensorSpec, TensorSpec]:
+    """A resampling table: output ``i`` along an axis is ``sum_t weight[i, t] * x[index[i, t]]``."""
+    return (TensorSpec(f"{kind}_index", "int64", (outputs, taps)), TensorSpec(f"{kind}_weight", "float32", (outputs, taps)))
+
+
+# The decoded image as it is, same-size images batched: the processor's resize (its filter as the
+# tables the runtime computes from the sizes, runtime.resample), rescale and normalisation in FP32.
+_IMAGE = TensorSpec("image", "uint8", (BATCH, IMAGE_HEIGHT, IMAGE_WIDTH, "channels"))
+
+OWL_PIXELS = GraphSpec(
+    name="owl_pixels",
+    family="owl",
+    fixed_precision="fp32",
+    doc=(
+        "Decoded image (uint8 HxWx3) -> the image tower's pixel_values: Owlv2ImageProcessor's padding to "
+        "a square (zeros, after rescaling: no taps reach it), Gaussian anti-aliasing blur and bilinear "
+        "resize as one table per axis, rescale and normalisation."
+    ),
+    inputs=(_IMAGE, *_taps("row", "owl_image_size", ROW_TAPS), *_taps("column", "owl_image_size", COLUMN_TAPS)),
+    outputs=(replace(OWL_IMAGE.inputs[0], tolerance=_PIXELS),),
+)
+
 OWL_GRAPHS = (OWL_TEXT, OWL_IMAGE, OWL_HEAD)
 
 # --- SAM2 ------------------------------------------------------------------------------------
@@ -311,6 +358,41 @@ SAM2_DECODER_MULTIMASK = GraphSpec(
     doc="Prompt encoder + mask decoder, multimask output: three masks per box and their IoU scores.",
     inputs=_SAM2_DECODER_INPUTS,
     outputs=_sam2_decoder_outputs("sam_num_multimask"),
+)
+
+def _fixed_point_taps(kind: str, taps: str) -> tuple[TensorSpec, ...]:
+    """A fixed-point table: ``(scale / 2 + sum_t weight[i, t] * x[index[i, t]]) // scale`` in int32."""
+    return (TensorSpec(f"{kind}_index", "int64", ("sam_image_size", taps)),
+            TensorSpec(f"{kind}_weight", "int32", ("sam_image_size", taps)), TensorSpec(f"{kind}_scale", "int32", ("one",)))
+
+
+SAM2_PIXELS = GraphSpec(
+    name="sam2_pixels",
+    family="sam",
+    fixed_precision="fp32",
+    doc=(
+        "Decoded image (uint8 HxWx3) -> the encoder's pixel_values: Sam2ImageProcessor's antialiased "
+        "bilinear resize as torch's uint8 kernel computes it (its fixed-point tables in int32, width "
+        "then height, each pass rounded half up to uint8: exact), rescale and normalisation."
+    ),
+    inputs=(_IMAGE, *_fixed_point_taps("row", ROW_TAPS), *_fixed_point_taps("column", COLUMN_TAPS)),
+    outputs=(replace(SAM2_IMAGE.inputs[0], tolerance=_PIXELS),),
+)
+
+SAM2_MASKS = GraphSpec(
+    name="sam2_masks",
+    family="sam",
+    fixed_precision="fp32",
+    doc=(
+        "Low-res mask logits -> boolean masks at the input image's size: bilinear upsampling "
+        "(Sam2Processor.post_process_masks) as one two-tap table per axis, then > mask threshold."
+    ),
+    inputs=(
+        TensorSpec("mask_logits", "float32", (NUM_MASKS, "sam_mask_size", "sam_mask_size")),
+        *_taps("row", IMAGE_HEIGHT, "bilinear_taps"),
+        *_taps("column", IMAGE_WIDTH, "bilinear_taps"),
+    ),
+    outputs=(TensorSpec("masks", "bool", (NUM_MASKS, IMAGE_HEIGHT, IMAGE_WIDTH), _EXACT),),
 )
 
 SAM2_GRAPHS = (SAM2_IMAGE, SAM2_DECODER, SAM2_DECODER_MULTIMASK)
@@ -436,4 +518,5 @@ SAM2_VIDEO_GRAPHS = (SAM2_PROMPT_DECODER, SAM2_MEMORY_ATTENTION, SAM2_TRACK_DECO
 
 # --- registry --------------------------------------------------------------------------------
 # Every graph; those with ``video=True`` are in an artifact only when it was exported with --video.
-GRAPHS: dict[str, GraphSpec] = {g.name: g for g in OWL_GRAPHS + SAM2_GRAPHS + SAM2_VIDEO_GRAPHS}
+PIXEL_GRAPHS = (OWL_PIXELS, SAM2_PIXELS, SAM2_MASKS)
+GRAPHS: dict[str, GraphSpec] = {g.name: g for g in OWL_GRAPHS + SAM2_GRAPHS + PIXEL_GRAPHS + SAM2_VIDEO_GRAPHS}

@@ -91,6 +91,13 @@ class Manifest:
     def graphs(self) -> dict[str, Any]:
         return self.data["graphs"]
 
+    @property
+    def precision_graphs(self) -> list[str]:
+        """The graphs written at each precision: all but the pixel graphs (FP32 at every precision)."""
+        from runtime.graphs import GRAPHS
+
+        return [n for n in self.graphs if not getattr(GRAPHS.get(n), "fixed_precision", None)]
+
     def preprocessing(self, family: str) -> dict[str, Any]:
         return self.data["preprocessing"][family]
 

@@ -23,12 +23,14 @@ from PIL import Image
 
 from runtime.backends import call_all, close_after, close_graphs, onnxruntime_opener, recording_opener
 from runtime.errors import ArtifactError, UserError, one_line
-from runtime.graphs import BATCH, OWL_HEAD, OWL_IMAGE, OWL_TEXT, SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE
+from runtime.graphs import (BATCH, GRAPHS, IMAGE_HEIGHT, IMAGE_WIDTH, OWL_HEAD, OWL_IMAGE, OWL_PIXELS, OWL_TEXT,
+                            SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE, SAM2_MASKS, SAM2_PIXELS)
 from runtime.images import load_image
 from runtime.manifest import ONNXRUNTIME, PRECISIONS, Manifest, export_command, load_manifest
 from runtime.metrics import box_iou
 from runtime.owl import OwlDetector
 from runtime.profiling import StageTimer
+from runtime.resample import fitted_size, size_groups
 from runtime.sam2 import Sam2Segmenter
 
 log = logging.getLogger(__name__)
@@ -107,14 +109,17 @@ def _tensorrt_opener() -> tuple[Callable[..., Any] | None, str]:
 def engine_precisions(manifest: Manifest) -> list[str]:
     """Precisions at which the manifest lists any TensorRT engine."""
     have = set()
-    for by_precision in (manifest.data.get("engines") or {}).values():
+    for name, by_precision in (manifest.data.get("engines") or {}).items():
+        if getattr(GRAPHS.get(name), "fixed_precision", None):  # the pixel graphs' FP32 engines serve every precision
+            continue
         if isinstance(by_precision, dict):
             have |= {p for p, per_gpu in by_precision.items() if per_gpu}
     return [p for p in PRECISIONS if p in have]
 
 
 def required_graphs(multimask: bool = False) -> tuple:
-    return (OWL_TEXT, OWL_IMAGE, OWL_HEAD, SAM2_IMAGE, SAM2_DECODER_MULTIMASK if multimask else SAM2_DECODER)
+    return (OWL_TEXT, OWL_PIXELS, OWL_IMAGE, OWL_HEAD, SAM2_PIXELS, SAM2_IMAGE,
+            SAM2_DECODER_MULTIMASK if multimask else SAM2_DECODER, SAM2_MASKS)
 
 
 def onnx_precisions(manifest: Manifest, graphs: Iterable, flavour: str = ONNXRUNTIME) -> list[str]:
@@ -122,6 +127,8 @@ def onnx_precisions(manifest: Manifest, graphs: Iterable, flavour: str = ONNXRUN
     default flavour, INT8 only in ONNX Runtime's own flavour (``Manifest.onnxruntime_graph_path``)."""
     have = None
     for spec in graphs:
+        if spec.fixed_precision is not None:  # one file for every precision: checked when opened
+            continue
         entry = manifest.graphs.get(spec.name)
         got = set(entry.get("files", {})) if isinstance(entry, dict) else set()
         if flavour == ONNXRUNTIME:
@@ -169,7 +176,7 @@ def _tensorrt_blocker(manifest: Manifest, precision: str, graphs: Sequence) -> t
     chosen = []
     for spec in graphs:
         try:
-            rec = trt_backend.select_engine_record(manifest, spec.name, precision, env)
+            rec = trt_backend.select_engine_record(manifest, spec.name, spec.runs_at(precision), env)
         except ArtifactError as e:  # none for this graph, or only for other GPUs: names both sides
             return "artifact", str(e), (), env
         if rec.tensorrt_version != version:
@@ -228,7 +235,7 @@ def verify_artifact(engines_dir: str | os.PathLike, backend: str = "auto", preci
         manifest.verify_file(rec["path"], rec["sha256"])
     if choice.backend == "onnxruntime":
         for spec in required_graphs(multimask):
-            manifest.onnxruntime_graph_path(spec.name, choice.precision, verify=True)
+            manifest.onnxruntime_graph_path(spec.name, spec.runs_at(choice.precision), verify=True)
     else:
         trt_backend = _trt_module()
         for rec in choice.engines:  # sha256, TensorRT version, GPU name and compute capability
@@ -326,6 +333,8 @@ class Pipeline:
         self.default_threshold: float = float(pipe.get("threshold", DEFAULT_THRESHOLD))
         profiles = manifest.data.get("profiles") or {}
         self.max_batch: int = int(profiles.get(BATCH, {}).get("max", 1))
+        #: the largest image the pixel graphs take; larger ones are downscaled to fit (see predict_batch)
+        self.max_image_hw: tuple[int, int] = image_profile_max(manifest)
         if concurrent is None:
             concurrent = choice.backend == "tensorrt"
         self.concurrent = bool(concurrent)
@@ -336,7 +345,7 @@ class Pipeline:
         # models leaves their graphs to the caller.
         self._graphs: tuple = ()
         self._open_graph: Callable[[Any], Any] | None = None
-        graphs = (owl.image, owl.head, sam.image, sam.decoder)
+        graphs = (owl.pixels, owl.image, owl.head, sam.pixels, sam.image, sam.decoder)
         if all(callable(getattr(g, "enqueue", None)) for g in graphs):  # TensorRT graphs
             from runtime.backends.tensorrt import close_streams, open_streams
 
@@ -472,9 +481,11 @@ class Pipeline:
     def predict_batch(self, images: Sequence[Any], prompts: Sequence[str] | str, threshold: float | None = None, *,
                       nms_iou: float | None = None, max_detections: int | None = None, per_label_nms: bool = True,
                       wrap_prompts: bool = True) -> list[Result]:
-        """:meth:`predict` for several images, through the graphs' batch dimension (in chunks of the
-        artifact's batch profile maximum, each chunk decoded when its turn comes). Images may differ
-        in size."""
+        """:meth:`predict` for several images, through the graphs' batch dimension (images of one
+        size together, in chunks of the artifact's batch profile maximum, each chunk decoded when its
+        turn comes). Images may differ in size. An image larger than the artifact's image profile
+        (``max_image_hw``, ``export.build --max-image-side``) is downscaled to fit before the graphs
+        and its boxes and masks are mapped back to its own size (masks by nearest neighbour)."""
         prompts_t = check_prompts(prompts)
         t = self.default_threshold if threshold is None else _check_threshold(threshold, "threshold")
         if nms_iou is not None:
@@ -487,13 +498,36 @@ class Pipeline:
         images = list(images)
         if not images:
             return []
-        queries = self.owl.query_embeds(self.texts(prompts_t, wrap_prompts))
-        out: list[Result] = []
+        with self.timer.wall():
+            queries = self.owl.query_embeds(self.texts(prompts_t, wrap_prompts))
+        out: list[Result | None] = [None] * len(images)
         for start in range(0, len(images), self.max_batch):
-            chunk = [load_image(im) for im in images[start : start + self.max_batch]]
-            out += self._predict_chunk(chunk, prompts_t, queries, t, nms_iou, max_detections, per_label_nms)
-            self.timer.frames += len(chunk)
-        return out
+            loaded = [load_image(im) for im in images[start : start + self.max_batch]]
+            with self.timer.wall():
+                fitted = [fit_image(im, self.max_image_hw) for im in loaded]
+                for group in size_groups([im.shape for im in fitted], self.max_batch):
+                    results = self._predict_chunk([fitted[i] for i in group], prompts_t, queries, t, nms_iou,
+                                                  max_detections, per_label_nms)
+                    for i, r in zip(group, results, strict=True):
+                        out[start + i] = fit_back(r, loaded[i].shape[:2]) if fitted[i] is not loaded[i] else r
+            self.timer.frames += len(loaded)
+        return out  # type: ignore[return-value]
+
+    def detect_batch(self, images: Sequence[Any], prompts: Sequence[str] | str, threshold: float | None = None, *,
+                     wrap_prompts: bool = True) -> list[Any]:
+        """OWLv2 detections only (``runtime.owl.Detections``: boxes, scores, labels) for each image,
+        no SAM2 work; sizes handled as in :meth:`predict_batch`."""
+        prompts_t = check_prompts(prompts)
+        t = self.default_threshold if threshold is None else _check_threshold(threshold, "threshold")
+        loaded = [load_image(im) for im in images]
+        with self.timer.wall():
+            fitted = [fit_image(im, self.max_image_hw) for im in loaded]
+            dets = self.owl.detect(fitted, self.texts(prompts_t, wrap_prompts), t)
+            for d, small, image in zip(dets, fitted, loaded, strict=True):
+                if small is not image:
+                    d.boxes = scale_boxes(d.boxes, small.shape[:2], image.shape[:2])
+        self.timer.frames += len(loaded)
+        return dets
 
     def _predict_chunk(self, chunk: list[np.ndarray], prompts: tuple[str, ...], queries: np.ndarray, threshold: float,
                        nms_iou: float | None, max_detections: int | None, per_label: bool) -> list[Result]:
@@ -531,6 +565,45 @@ class Pipeline:
                                   d.scores[keep].astype(np.float32, copy=False),
                                   d.labels[keep].astype(np.int64, copy=False), masks, prompts))
         return results
+
+
+def image_profile_max(manifest: Manifest) -> tuple[int, int]:
+    profiles = manifest.data.get("profiles") or {}
+    return tuple(int(profiles[d]["max"]) for d in (IMAGE_HEIGHT, IMAGE_WIDTH))  # type: ignore[return-value]
+
+
+def fit_image(image: np.ndarray, max_hw: tuple[int, int]) -> np.ndarray:
+    """``image`` itself when it is within ``max_hw``, else downscaled to fit (aspect kept; PIL's
+    antialiased bilinear), logged once per size."""
+    h, w = image.shape[:2]
+    if h <= max_hw[0] and w <= max_hw[1]:
+        return image
+    fh, fw = fitted_size(h, w, *max_hw)
+    if (h, w) not in _FITTED:
+        _FITTED.add((h, w))
+        log.info("%dx%d is larger than the artifact's image profile (%dx%d): downscaled to %dx%d for the graphs, "
+                 "results mapped back (export with --max-image-side to take it as it is)", w, h, max_hw[1], max_hw[0],
+                 fw, fh)
+    return np.asarray(Image.fromarray(image).resize((fw, fh), Image.Resampling.BILINEAR))
+
+
+_FITTED: set[tuple[int, int]] = set()
+
+
+def fit_back(result: Result, image_hw: tuple[int, int]) -> Result:
+    """``result`` of a downscaled image at the original size ``image_hw``: boxes scaled per axis,
+    masks by nearest neighbour."""
+    h, w = image_hw
+    fh, fw = result.masks.shape[1:]
+    rows = np.minimum((np.arange(h) * fh) // h, fh - 1)
+    cols = np.minimum((np.arange(w) * fw) // w, fw - 1)
+    masks = result.masks[:, rows][:, :, cols]
+    return Result(scale_boxes(result.boxes, (fh, fw), image_hw), result.scores, result.labels, masks, result.prompts)
+
+
+def scale_boxes(boxes: np.ndarray, from_hw: Sequence[int], to_hw: Sequence[int]) -> np.ndarray:
+    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    return (boxes * np.array([sx, sy, sx, sy], np.float32)).astype(np.float32)
 
 
 def _select(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, nms_iou: float | None,

@@ -15,18 +15,20 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from runtime.backends import GraphRunner, call_all, close_after, close_graphs, recording_opener
 from runtime.errors import ArtifactError, UserError
-from runtime.graphs import (NUM_BOXES, NUM_OBJECTS, SAM2_IMAGE, SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER,
-                            SAM2_OBJECT_POINTER, SAM2_PROMPT_DECODER, SAM2_TRACK_DECODER, SAM2_VIDEO_GRAPHS,
-                            GraphSpec)
+from runtime.graphs import (IMAGE_HEIGHT, IMAGE_WIDTH, NUM_BOXES, NUM_MASKS, NUM_OBJECTS, SAM2_IMAGE, SAM2_MASKS,
+                            SAM2_MEMORY_ATTENTION, SAM2_MEMORY_ENCODER, SAM2_OBJECT_POINTER, SAM2_PIXELS,
+                            SAM2_PROMPT_DECODER, SAM2_TRACK_DECODER, SAM2_VIDEO_GRAPHS, GraphSpec)
 from runtime.manifest import Manifest, export_command
-from runtime.preprocessing import Sam2Preprocessing, boxes_to_sam2_input, postprocess_sam2_masks, preprocess_sam2
+from runtime.preprocessing import Sam2Preprocessing, boxes_to_sam2_input
 from runtime.profiling import StageTimer
+from runtime.resample import sam2_tables
+from runtime.sam2 import MaskUpsampler
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ __all__ = ["TrackedFrame", "Sam2Tracker", "track", "to_bfloat16_bits", "from_bfl
 DEFAULT_NEW_OBJECT_IOU = 0.5
 DEFAULT_MAX_OBJECTS = 64
 DEVICE_WAIT = "device wait"  # timer stage: the host waiting for a CUDA event (TensorRT)
-TRACKING_GRAPHS = (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)
+TRACKING_GRAPHS = (SAM2_PIXELS, SAM2_IMAGE, *SAM2_VIDEO_GRAPHS, SAM2_MASKS)
 
 # binding names, from the specs
 _EMBED, _FEAT0, _FEAT1 = SAM2_IMAGE.output_names
@@ -81,6 +83,12 @@ def ort_objects_per_call(sizes: Mapping[str, int], budget: int = ORT_ATTENTION_B
     splits = max(1, int(sizes["sam_embed_dim"]) // int(sizes["sam_memory_dim"]))
     keys = int(sizes["sam_num_maskmem"]) * tokens + splits * int(sizes["sam_max_object_pointers"])
     return max(1, budget // (tokens * keys * 4))
+
+
+def tracker_limits(profiles: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor's limits that come from the artifact's profiles (masks per call, image size)."""
+    return {"max_masks_per_call": int(profiles[NUM_MASKS]["max"]),
+            "max_image_hw": (int(profiles[IMAGE_HEIGHT]["max"]), int(profiles[IMAGE_WIDTH]["max"]))}
 
 
 def runs_on_streams(graphs: Mapping[str, object]) -> bool:
@@ -183,7 +191,8 @@ class Sam2Tracker:
     """SAM2 tracking state over one stream; ``step`` processes one frame. ``reset`` starts a new stream."""
 
     def __init__(self, graphs: Mapping[str, GraphRunner], preprocessing: Sam2Preprocessing, sizes: Mapping[str, int],
-                 max_objects_per_call: int, max_boxes_per_call: int, *, objects_per_call: int | None = None,
+                 max_objects_per_call: int, max_boxes_per_call: int, *, max_masks_per_call: int,
+                 max_image_hw: tuple[int, int], objects_per_call: int | None = None,
                  max_objects: int = DEFAULT_MAX_OBJECTS, new_object_iou: float = DEFAULT_NEW_OBJECT_IOU,
                  forget_after: int | None = None) -> None:
         missing = [g.name for g in TRACKING_GRAPHS if g.name not in graphs]
@@ -208,6 +217,8 @@ class Sam2Tracker:
             raise UserError(f"forget_after must be at least 1 frame (or None: never), got {forget_after}")
         self.max_objects, self.new_object_iou, self.forget_after = max_objects, new_object_iou, forget_after
         self.timer = StageTimer()  # wall time per stage and frames, for measurements
+        self.upsample = MaskUpsampler(self.graphs[SAM2_MASKS.name], self.mask_size, max_masks_per_call, self.timer)
+        self.max_image_hw = tuple(max_image_hw)
         self.on_streams = runs_on_streams(self.graphs)
         self.streams = None  # (frame stream, memory stream) on TensorRT
         self._owns_graphs = False  # set by open: close() then closes the graphs too
@@ -238,9 +249,9 @@ class Sam2Tracker:
         cls.check_video_graphs(manifest)
         pre = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
         profiles = manifest.data["profiles"]
-        graphs = {g.name: open_graph(g) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
+        graphs = {g.name: open_graph(g) for g in TRACKING_GRAPHS}
         return cls(graphs, pre, manifest.sizes, int(profiles[NUM_OBJECTS]["max"]), int(profiles[NUM_BOXES]["max"]),
-                   **options)
+                   **tracker_limits(profiles), **options)
 
     @classmethod
     def open(cls, manifest: Manifest, backend: str = "onnxruntime", precision: str = "fp32", *,
@@ -310,12 +321,14 @@ class Sam2Tracker:
         host memory only for what the host writes or reads (see the stream policy above)."""
         frame, memory = self.streams
         embed = _MA_IN["embed"]
-        plan = [(SAM2_IMAGE, frame, None, ()), (SAM2_MEMORY_ATTENTION, frame, [n for n in _MA_IN.values() if n != embed], ()),
+        plan = [(SAM2_PIXELS, frame, None, ()), (SAM2_IMAGE, frame, None, ()), (SAM2_MEMORY_ATTENTION, frame, [n for n in _MA_IN.values() if n != embed], ()),
                 (SAM2_TRACK_DECODER, frame, (), (_TD_MASKS, _TD_SCORES)), (SAM2_OBJECT_POINTER, frame, None, (_OP_OUT,)),
                 (SAM2_PROMPT_DECODER, frame, (_PD_BOXES,), (_PD_MASKS, _PD_SCORES, _PD_TOKEN)),
                 (SAM2_MEMORY_ENCODER, memory, [n for n in _ME_IN.values() if n != _ME_IN["embed"]], (_ME_FEATURES, _ME_POS))]
         for spec, stream, host_inputs, host_outputs in plan:
             self.graphs[spec.name].prepare(stream, host_inputs=host_inputs, host_outputs=host_outputs)
+        self.upsample.stream = frame  # the masks of a frame: on its stream, after its decoders
+        self.upsample.prepare()
 
     # --- graph calls ---------------------------------------------------------------------------
 
@@ -344,12 +357,17 @@ class Sam2Tracker:
 
     def _encode(self, frame: np.ndarray) -> dict:
         """The frame's features (batch of one): arrays, or device tensors on the frame stream."""
-        with self.timer("preprocess"):
-            pixels = preprocess_sam2([frame], self.preprocessing)
-        feeds = {SAM2_IMAGE.input_names[0]: pixels}
+        h, w = frame.shape[:2]
+        if h > self.max_image_hw[0] or w > self.max_image_hw[1]:
+            raise UserError(f"video frames of {w}x{h} are larger than the artifact's image profile "
+                            f"({self.max_image_hw[1]}x{self.max_image_hw[0]}); re-export with --max-image-side "
+                            f"{max(h, w)}, or downscale the video")
+        feeds = {SAM2_PIXELS.input_names[0]: frame[None], **sam2_tables(h, w, self.preprocessing)}
         if not self.on_streams:
-            return self._run(SAM2_IMAGE, feeds)
-        encoded = self._enqueue(SAM2_IMAGE, feeds, host_outputs=())
+            pixels = self._run(SAM2_PIXELS, feeds)[SAM2_PIXELS.output_names[0]]
+            return self._run(SAM2_IMAGE, {SAM2_IMAGE.input_names[0]: pixels})
+        pixels = self._enqueue(SAM2_PIXELS, feeds, host_outputs=()).device(SAM2_PIXELS.output_names[0])
+        encoded = self._enqueue(SAM2_IMAGE, {SAM2_IMAGE.input_names[0]: pixels}, host_outputs=())
         return {n: encoded.device(n) for n in SAM2_IMAGE.output_names}
 
     def _track(self, t: int, feats: dict) -> dict[str, np.ndarray]:
@@ -532,7 +550,7 @@ class Sam2Tracker:
         if not self.on_streams:
             self._store_memories()  # at once: the memory encoder has already run
         with self.timer("postprocess"):
-            full = postprocess_sam2_masks(masks, hw, self.preprocessing)[:, 0]
+            full = self.upsample(masks[:, 0], hw)
             result = TrackedFrame(
                 index=t,
                 object_ids=np.array([tr.object_id for tr in self.tracks], np.int64),

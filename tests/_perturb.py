@@ -17,7 +17,8 @@ from onnx import helper, numpy_helper
 
 
 def perturb_outputs(src: Path, dst: Path, outputs: Iterable[str], *, scale: float = 1.0, offset: float = 0.0,
-                    wobble: float = 0.0) -> Path:
+                    wobble: float = 0.0, negate: bool = False) -> Path:
+    """``negate=True``: boolean outputs (decisions) replaced by their negation instead."""
     model = onnx.load(str(src))
     graph = model.graph
     for name in outputs:
@@ -32,6 +33,9 @@ def perturb_outputs(src: Path, dst: Path, outputs: Iterable[str], *, scale: floa
             return f"{name}__{tag}"
 
         t = lambda tag: f"{name}__{tag}"  # noqa: E731
+        if negate:
+            graph.node.append(helper.make_node("Not", [raw], [name]))
+            continue
         graph.node.extend([
             helper.make_node("Mul", [raw, const("freq", 1000.0)], [t("phase")]),
             helper.make_node("Sin", [t("phase")], [t("sin")]),

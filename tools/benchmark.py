@@ -119,7 +119,7 @@ def bench_runtime(engines: Path, backend: str, precision: str, images: list[tupl
             "images_per_s": 1e3 / per_image, "samples_ms": wall, "boxes": {k: v.tolist() for k, v in chosen_boxes.items()},
         }
         if backend == "onnxruntime":  # which file of each graph ran (runtime.manifest's rule)
-            result["graph_files"] = {spec.name: pipe.manifest.onnxruntime_graph_path(spec.name, precision, verify=False).name
+            result["graph_files"] = {spec.name: pipe.manifest.onnxruntime_graph_path(spec.name, spec.runs_at(precision), verify=False).name
                                      for spec in required_graphs()}
         sweep = None
         if sweep_counts:

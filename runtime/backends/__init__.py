@@ -93,9 +93,10 @@ def onnxruntime_opener(
     portable = flavour != ONNXRUNTIME
 
     def open_graph(spec: GraphSpec) -> OrtGraph:
-        path = (manifest.graph_path if portable else manifest.onnxruntime_graph_path)(spec.name, precision)
+        at = spec.runs_at(precision)
+        path = (manifest.graph_path if portable else manifest.onnxruntime_graph_path)(spec.name, at)
         return OrtGraph(path, spec, providers=providers, intra_op_threads=intra_op_threads,
-                        disable_qdq_fusion=portable and precision == "int8")
+                        disable_qdq_fusion=portable and at == "int8")
 
     return open_graph
 

@@ -825,7 +825,7 @@ def tensorrt_opener(manifest: Manifest, precision: str = "fp16", cuda_graphs: It
     graphed = frozenset(cuda_graphs)
 
     def open_graph(spec: GraphSpec) -> TrtGraph:
-        record = select_engine_record(manifest, spec.name, precision, env)
+        record = select_engine_record(manifest, spec.name, spec.runs_at(precision), env)
         path = verify_engine_record(manifest, record, env)
         return TrtGraph.from_file(path, spec, cuda, cuda_graph=spec.name in graphed)
 

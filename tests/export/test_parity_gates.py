@@ -30,11 +30,17 @@ def exports(tiny_checkpoints):
     """The tiny checkpoints' graph exports (torch modules and their parity inputs), by name."""
     from export.models import load_owl, load_sam
     from export.owl import owl_graph_exports, owl_sizes
+    from export.pixels import image_ranges, pixel_graph_exports, pixel_sizes
+    from export.preprocessing import owl_preprocessing_from_processor, sam2_preprocessing_from_processor
     from export.sam2 import sam2_graph_exports, sam2_sizes
+    from runtime.graphs import DYNAMIC_DIMS
 
     owl, sam = load_owl(str(tiny_checkpoints.owl)), load_sam(str(tiny_checkpoints.sam))
-    sizes = {**owl_sizes(owl), **sam2_sizes(sam)}
-    return {g.spec.name: g for g in owl_graph_exports(owl, sizes) + sam2_graph_exports(sam, sizes)}
+    sizes = {**owl_sizes(owl), **sam2_sizes(sam), **pixel_sizes()}
+    owl_pre = owl_preprocessing_from_processor(owl.processor)
+    sam_pre = sam2_preprocessing_from_processor(sam.processor, mask_size=sizes["sam_mask_size"])
+    pixels = pixel_graph_exports(owl_pre, sam_pre, sizes, image_ranges(DYNAMIC_DIMS, owl_pre, sam_pre))
+    return {g.spec.name: g for g in owl_graph_exports(owl, sizes) + sam2_graph_exports(sam, sizes) + pixels}
 
 
 # --- FP32 export parity ---------------------------------------------------------------------------
@@ -46,8 +52,15 @@ def test_every_output_tolerance_refuses_the_stated_errors(graph):
     rng = np.random.default_rng(0)
     for t in GRAPHS[graph].outputs:
         tol = t.tolerance
-        r = rng.normal(0.0, 1.0, 1000).astype(np.float32)
         check = lambda ref, got: compare_output(graph, {}, t.name, ref, got, tol)  # noqa: E731
+        if t.dtype == "bool":  # decisions (sam2_masks): equal passes, one flipped pixel of 1000 fails
+            b = rng.random(1000) < 0.5
+            assert check(b, b.copy()).passed, t.name
+            flipped = b.copy()
+            flipped[0] = ~flipped[0]
+            assert not check(b, flipped).passed, t.name
+            continue
+        r = rng.normal(0.0, 1.0, 1000).astype(np.float32)
         assert check(r, r * np.float32(1 + 1e-5)).passed, t.name
         for got in (r * np.float32(1 + RELATIVE_ERROR), r + np.float32(ABSOLUTE_ERROR)):
             row = check(r, got)
@@ -62,7 +75,10 @@ def test_export_parity_refuses_a_graph_off_by_the_stated_errors(exports, tiny_ar
     """Every output (and a decoder's candidates before its choices) scaled by 1.01, then shifted by 0.01:
     every row of the parity check fails."""
     names = GRAPHS[graph].with_candidates().output_names
-    for kind, kw in (("relative", dict(scale=1 + RELATIVE_ERROR)), ("absolute", dict(offset=ABSOLUTE_ERROR))):
+    errors = (("relative", dict(scale=1 + RELATIVE_ERROR)), ("absolute", dict(offset=ABSOLUTE_ERROR)))
+    if any(t.dtype == "bool" for t in GRAPHS[graph].outputs):
+        errors = (("negated", dict(negate=True)),)  # decisions: every one flipped
+    for kind, kw in errors:
         path = perturb_outputs(tiny_artifact / f"{graph}.onnx", tmp_path / f"{kind}.onnx", names, **kw)
         rows = check_export_parity(exports[graph], path)
         assert {r.output for r in rows} == set(names)
@@ -73,6 +89,7 @@ def test_export_build_refuses_a_graph_that_fails_parity(tiny_checkpoints, tmp_pa
     """Through ``export.build`` (the class head only, for speed): parity FAILED, nothing written."""
     import export.graph_export as graph_export
     import export.owl
+    import export.pixels
     import export.sam2
     from export.build import main
 
@@ -80,6 +97,7 @@ def test_export_build_refuses_a_graph_that_fails_parity(tiny_checkpoints, tmp_pa
     monkeypatch.setattr(export.owl, "owl_graph_exports",
                         lambda *a: [g for g in real_owl(*a) if g.spec.name == OWL_HEAD.name])
     monkeypatch.setattr(export.sam2, "sam2_graph_exports", lambda *a: [])
+    monkeypatch.setattr(export.pixels, "pixel_graph_exports", lambda *a: [])
 
     def export_off_by_one_percent(graph, path, seed=0):
         files = real_export(graph, path, seed)
@@ -126,6 +144,7 @@ def test_export_build_refuses_precision_graphs_below_their_cosine(tiny_checkpoin
     monkeypatch.setattr(export.owl, "owl_graph_exports",
                         lambda *a: [g for g in real_owl(*a) if g.spec.name == OWL_IMAGE.name])
     monkeypatch.setattr(export.sam2, "sam2_graph_exports", lambda *a: [])
+    monkeypatch.setattr(export.pixels, "pixel_graph_exports", lambda *a: [])
 
     def wobbled(real, p):
         def convert(src, dst, spec, *args, **kwargs):

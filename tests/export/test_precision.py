@@ -146,6 +146,9 @@ def test_entropy_failure_falls_back_to_max_loudly_and_on_record(tiny_artifact, c
 def test_precision_entries_in_the_manifest(tiny_precision_artifact):
     m = load_manifest(tiny_precision_artifact)
     for name, rec in m.graphs.items():
+        if GRAPHS[name].fixed_precision:  # the pixel graphs: one FP32 file for every precision
+            assert set(rec["files"]) == {"fp32"}, name
+            continue
         assert set(rec["files"]) == {"fp32", "fp16", "int8"}, name
         for p in ("fp32", "fp16", "int8"):  # the FP32 graphs too: quantization must not touch them
             entry = rec["files"][p]
@@ -167,7 +170,7 @@ def test_precision_entries_in_the_manifest(tiny_precision_artifact):
             assert (tiny_precision_artifact / int8["calibration_cache"]["path"]).is_file()
     cal = m.data["calibration"]
     assert cal["used"] == 6 and cal["skipped"] == 0 and len(cal["sha256"]) == 64
-    assert set(cal["graphs"]) == {n for n in m.graphs if n not in INT8_KEEP_FP16}
+    assert set(cal["graphs"]) == {n for n in m.graphs if n not in INT8_KEEP_FP16 and not GRAPHS[n].fixed_precision}
     assert m.data["toolkit"].get("nvidia-modelopt")
 
 
@@ -178,7 +181,7 @@ def test_parity_sections_per_precision(tiny_precision_artifact):
         assert parity[p]["passed"] and m.data["parity"][p]["passed"]
         rows = parity[p]["rows"]
         for name, spec in GRAPHS.items():
-            if name not in m.graphs:
+            if name not in m.graphs or spec.fixed_precision:
                 continue
             mine = [r for r in rows if r["graph"] == name]
             assert {r["output"] for r in mine} == set(spec.with_candidates().output_names), (p, name)

@@ -25,7 +25,7 @@ from runtime.manifest import sha256_file
 PROMPTS = ["cat", "dog", "person"]
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", (9, 0))
 L4 = DeviceInfo("NVIDIA L4", (8, 9))
-GRAPHS = (OWL_TEXT, OWL_IMAGE, OWL_HEAD, SAM2_IMAGE, SAM2_DECODER)
+GRAPHS = pl.required_graphs()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_decoder_is_chunked_at_the_profile_maximum(counted, make_image):
 
 
 def test_predict_batch_uses_the_batch_dimension_in_chunks(counted, make_image):
-    images = [make_image(60 + 20 * i, 90, seed=i) for i in range(5)]
+    images = [make_image(80, 90, seed=i) for i in range(5)]
     counted.max_batch = 3
     batch = counted.predict_batch(images, PROMPTS)
     assert [c["pixel_values"][0] for c in counted.owl.image.calls] == [3, 2]
@@ -112,6 +112,40 @@ def test_predict_batch_uses_the_batch_dimension_in_chunks(counted, make_image):
         np.testing.assert_array_equal(got.labels, one.labels)
         assert (got.masks != one.masks).mean() < 1e-3
     assert counted.predict_batch([], PROMPTS) == []
+
+
+def test_images_of_one_size_share_a_call_and_results_keep_the_input_order(counted, make_image):
+    small, big = (60, 90), (100, 70)
+    images = [make_image(*small, seed=1), make_image(*big, seed=2), make_image(*small, seed=3)]
+    counted.max_batch = 4
+    batch = counted.predict_batch(images, PROMPTS)
+    # a pixel graph takes one image size per call: the two small images together, then the big one
+    assert [c["pixel_values"][0] for c in counted.owl.image.calls] == [2, 1]
+    assert [r.masks.shape[1:] for r in batch] == [small, big, small]
+    for image, got in zip(images, batch, strict=True):
+        one = counted.predict(image, PROMPTS)
+        np.testing.assert_allclose(got.scores, one.scores, atol=1e-5)
+        np.testing.assert_array_equal(got.labels, one.labels)
+
+
+def test_an_image_beyond_the_image_profile_is_downscaled_and_mapped_back(pipe, make_image, caplog):
+    from runtime.resample import fitted_size
+
+    max_h, max_w = pipe.max_image_hw
+    h, w = max_h + 60, 40
+    tall = make_image(h, w, seed=4)
+    with caplog.at_level(logging.INFO, logger="runtime.pipeline"):
+        got = pipe.predict(tall, PROMPTS, threshold=0.0, max_detections=3)
+    assert "larger than the artifact's image profile" in caplog.text
+    fh, fw = fitted_size(h, w, max_h, max_w)
+    assert fh == max_h and fw < w
+    small = pipe.predict(np.asarray(Image.fromarray(tall).resize((fw, fh), Image.Resampling.BILINEAR)), PROMPTS,
+                         threshold=0.0, max_detections=3)
+    assert got.masks.shape == (3, h, w)
+    np.testing.assert_allclose(got.boxes, small.boxes * np.array([w / fw, h / fh, w / fw, h / fh]), rtol=1e-6)
+    np.testing.assert_array_equal(got.scores, small.scores)
+    rows, cols = np.arange(h) * fh // h, np.arange(w) * fw // w  # nearest: each pixel's source pixel
+    np.testing.assert_array_equal(got.masks, small.masks[:, rows][:, :, cols])
 
 
 def test_concurrent_and_sequential_encoders_agree(counted, make_image):
@@ -331,11 +365,12 @@ def copy_artifact(src: Path, dst: Path, engines: list[dict] | None = None, **man
         for e in engines:
             gpu = e["gpu"]
             for spec in GRAPHS:
-                name = engine_file_name(spec.name, e["precision"], gpu.slug)
+                precision = spec.runs_at(e["precision"])  # the pixel graphs' engines are FP32
+                name = engine_file_name(spec.name, precision, gpu.slug)
                 (dst / name).write_bytes(f"engine {name}".encode())
-                records.setdefault(spec.name, {}).setdefault(e["precision"], {})[gpu.slug] = {
+                records.setdefault(spec.name, {}).setdefault(precision, {})[gpu.slug] = {
                     "file": name, "sha256": sha256_file(dst / name), "bytes": (dst / name).stat().st_size,
-                    "precision": e["precision"], "tensorrt": e["trt"],
+                    "precision": precision, "tensorrt": e["trt"],
                     "gpu": {"name": gpu.name, "compute_capability": "%d.%d" % gpu.compute_capability},
                     "profiles": {}}
         manifest["engines"] = records

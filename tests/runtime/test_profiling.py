@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from runtime import Pipeline
 from runtime.owl import OwlDetector
-from runtime.profiling import PIPELINE_STAGES
+from runtime.profiling import HOST, PIPELINE_STAGES
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def test_predict_times_every_stage_and_counts_images(pipe, make_image):
 
 def test_text_cache_keeps_the_most_recently_used_prompt_sets(pipe):
     owl = pipe.owl
-    small = OwlDetector(owl.text, owl.image, owl.head, owl.tokenizer, owl.preprocessing, query_cache_size=2)
+    small = OwlDetector(owl.text, owl.pixels, owl.image, owl.head, owl.tokenizer, owl.preprocessing, query_cache_size=2)
     calls = []
     run = small.text.run
 
@@ -54,3 +56,37 @@ def test_text_cache_keeps_the_most_recently_used_prompt_sets(pipe):
     assert list(small._queries) == [a, c]
     small.query_embeds(b)
     assert len(calls) == 4 and list(small._queries) == [c, b]
+
+
+class _Slow:
+    """A graph runner that takes ``delay`` seconds longer per call."""
+
+    def __init__(self, inner, delay: float):
+        self.inner, self.spec, self.delay = inner, inner.spec, delay
+
+    def run(self, feeds):
+        time.sleep(self.delay)
+        return self.inner.run(feeds)
+
+
+def test_host_is_the_time_outside_graph_calls(pipe, make_image):
+    image = make_image(120, 160, seed=1)
+
+    def host_and_stages() -> tuple[float, dict[str, float]]:
+        pipe.timer.reset()
+        pipe.predict(image, ["cat", "dog"], threshold=0.0, max_detections=2)
+        ms = pipe.timer.per_frame_ms()
+        return ms[HOST], ms
+
+    host_and_stages()  # tables and text cached
+    quick, _ = host_and_stages()
+    saved = pipe.owl.head, pipe.sam.upsample.graph
+    pipe.owl.head, pipe.sam.upsample.graph = _Slow(saved[0], 0.2), _Slow(saved[1], 0.2)
+    try:
+        slow, stages = host_and_stages()
+    finally:
+        pipe.owl.head, pipe.sam.upsample.graph = saved
+    # the 400 ms added inside graph calls show in their stages, not in the host's share (the margin
+    # is for a loaded machine: host counting the calls would add all 400)
+    assert stages["owl_head_post"] >= 200 and stages["mask_post"] >= 200
+    assert 0 < quick and slow < quick + 100

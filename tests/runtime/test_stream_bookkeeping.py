@@ -138,7 +138,7 @@ def test_tracker_sequence_keeps_order_and_matches_onnxruntime(tiny_video_artifac
     object started on frame 3 while the others are tracked."""
     from runtime.graphs import NUM_OBJECTS
     from runtime.preprocessing import Sam2Preprocessing
-    from runtime.tracker import TRACKING_GRAPHS, Sam2Tracker
+    from runtime.tracker import TRACKING_GRAPHS, Sam2Tracker, tracker_limits
     from tools.bench.synthetic import MovingShapes
 
     m = load_manifest(tiny_video_artifact)
@@ -156,7 +156,7 @@ def test_tracker_sequence_keeps_order_and_matches_onnxruntime(tiny_video_artifac
     graphs = {g.name: opener(g) for g in TRACKING_GRAPHS}
     tracker = Sam2Tracker(graphs, Sam2Preprocessing.from_dict(m.preprocessing("sam")), m.sizes,
                           int(m.data["profiles"][NUM_OBJECTS]["max"]), int(m.data["profiles"][NUM_BOXES]["max"]),
-                          objects_per_call=2)
+                          **tracker_limits(m.data["profiles"]), objects_per_call=2)
     try:
         assert tracker.on_streams
         made = rt.calls.count("malloc")

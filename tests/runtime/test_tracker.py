@@ -15,8 +15,8 @@ from runtime.manifest import load_manifest
 from runtime.metrics import mask_iou
 from runtime.owl import Detections, OwlDetector
 from runtime.preprocessing import Sam2Preprocessing
-from runtime.tracker import (Sam2Tracker, TrackedFrame, _Track, from_bfloat16_bits, mask_boxes, to_bfloat16_bits,
-                             track)
+from runtime.tracker import (TRACKING_GRAPHS, Sam2Tracker, TrackedFrame, _Track, from_bfloat16_bits, mask_boxes,
+                             to_bfloat16_bits, track, tracker_limits)
 from tools.bench.synthetic import MovingShapes
 
 from _reference import reference_tracking
@@ -28,7 +28,7 @@ MIN_IOU = 0.98
 def video_graphs(tiny_video_artifact):
     m = load_manifest(tiny_video_artifact)
     opener = onnxruntime_opener(m, intra_op_threads=1)
-    return m, {g.name: opener(g) for g in (SAM2_IMAGE, *SAM2_VIDEO_GRAPHS)}
+    return m, {g.name: opener(g) for g in TRACKING_GRAPHS}
 
 
 @pytest.fixture()
@@ -38,7 +38,7 @@ def make_tracker(video_graphs):
     def make(**options) -> Sam2Tracker:
         pre = Sam2Preprocessing.from_dict(m.preprocessing("sam"))
         return Sam2Tracker(graphs, pre, m.sizes, int(m.data["profiles"][NUM_OBJECTS]["max"]),
-                           int(m.data["profiles"][NUM_BOXES]["max"]), **options)
+                           int(m.data["profiles"][NUM_BOXES]["max"]), **tracker_limits(m.data["profiles"]), **options)
 
     return make
 
@@ -75,7 +75,8 @@ def test_mask_size_comes_from_the_model_not_the_processor(video_graphs, make_tra
     pre = Sam2Preprocessing.from_dict(m.preprocessing("sam"))
     assert pre.mask_size == m.sizes["sam_mask_size"] == 16
     stale = Sam2Tracker(graphs, dataclasses.replace(pre, mask_size=256), m.sizes,
-                        int(m.data["profiles"][NUM_OBJECTS]["max"]), int(m.data["profiles"][NUM_BOXES]["max"]))
+                        int(m.data["profiles"][NUM_OBJECTS]["max"]), int(m.data["profiles"][NUM_BOXES]["max"]),
+                        **tracker_limits(m.data["profiles"]))
     video = MovingShapes(4, 64, 80, num_shapes=2, seed=4)
     frames, boxes = list(video), video.boxes(0)
     got = list(track(iter(frames), stale, boxes=boxes))

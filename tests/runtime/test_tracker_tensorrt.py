@@ -18,7 +18,7 @@ from runtime.graphs import NUM_BOXES, NUM_OBJECTS, SAM2_MEMORY_ENCODER
 from runtime.manifest import load_manifest
 from runtime.metrics import mask_iou
 from runtime.preprocessing import Sam2Preprocessing
-from runtime.tracker import DEVICE_WAIT, TRACKING_GRAPHS, Sam2Tracker, runs_on_streams, track
+from runtime.tracker import DEVICE_WAIT, TRACKING_GRAPHS, Sam2Tracker, runs_on_streams, track, tracker_limits
 from tools.bench.synthetic import MovingShapes
 
 MIN_IOU = 0.98
@@ -33,7 +33,8 @@ def test_onnxruntime_graphs_run_with_run_and_no_streams(tiny_video_artifact):
     assert not runs_on_streams(graphs)
     assert not runs_on_streams({})  # no graphs at all: nothing to queue
     tracker = Sam2Tracker(graphs, Sam2Preprocessing.from_dict(m.preprocessing("sam")), m.sizes,
-                          int(m.data["profiles"][NUM_OBJECTS]["max"]), int(m.data["profiles"][NUM_BOXES]["max"]))
+                          int(m.data["profiles"][NUM_OBJECTS]["max"]), int(m.data["profiles"][NUM_BOXES]["max"]),
+                          **tracker_limits(m.data["profiles"]))
     assert not tracker.on_streams and tracker.streams is None
     video = MovingShapes(3, 96, 128, num_shapes=2, seed=0)
     results = list(track(iter(video), tracker, boxes=video.boxes(0)))

@@ -215,7 +215,7 @@ def value_ranges(args: argparse.Namespace) -> dict[str, Any]:
                                manifest.sizes["owl_text_length"], progress=False)
     report: dict[str, Any] = {}
     try:
-        for name in args.graphs or list(manifest.graphs):
+        for name in args.graphs or manifest.precision_graphs:
             report[name] = _graph_ranges(manifest.graph_path(name, "fp32"), inputs.feeds(name, limit=1)[0],
                                          args.chunk, args.threads)
             print(f"{name}: " + "; ".join(f"{k} max|x| {v['max_abs']:.3g}"
@@ -253,8 +253,8 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     manifest = load_manifest(args.engines)
-    precisions = [p for p in PRECISIONS if all(p in g["files"] for g in manifest.graphs.values())]
-    ort_int8 = all(manifest.onnxruntime_entry(name, "int8") for name in manifest.graphs)
+    precisions = [p for p in PRECISIONS if all(p in manifest.graphs[n]["files"] for n in manifest.precision_graphs)]
+    ort_int8 = all(manifest.onnxruntime_entry(name, "int8") for name in manifest.precision_graphs)
     reference = ReferencePipeline.load(args.owl_model, args.sam_model)
     sam_model, sam_proc = reference.sam.model, reference.sam.processor
     texts = [f"a photo of a {p}" for p in PROMPTS]
@@ -296,7 +296,8 @@ def task_parity(args: argparse.Namespace) -> dict[str, Any]:
             opener = lambda spec, a=int8_open, b=fp16_open, k=keep: (b if spec.name in k else a)(spec)  # noqa: E731
         owl, seg = OwlDetector.from_manifest(manifest, opener), Sam2Segmenter.from_manifest(manifest, opener)
         # the multimask decoder on the same sam2_image graph (its features are computed once, by seg)
-        seg_multi = Sam2Segmenter(seg.image, opener(SAM2_DECODER_MULTIMASK), seg.preprocessing, seg.max_boxes)
+        seg_multi = Sam2Segmenter(seg.pixels, seg.image, opener(SAM2_DECODER_MULTIMASK), seg.upsample.graph,
+                                  seg.preprocessing, seg.max_boxes, seg.upsample.max_masks)
         dets, ious, multi_ious = [], [], []
         for img, bx, (ref_det, (ref_masks, ref_multi)) in zip(images, boxes, refs):
             (d,) = owl.detect([img], texts, threshold=args.threshold)
@@ -369,7 +370,7 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
                                max_dims={d: r["max"] for d, r in manifest.data["profiles"].items()})
     rows = []
     try:
-        for name in args.graphs or list(manifest.graphs):
+        for name in args.graphs or manifest.precision_graphs:
             spec = GRAPHS[name]
             feeds = inputs.feeds(name, limit=1)[0]
             files = manifest.graphs[name]["files"]

@@ -30,21 +30,24 @@ from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_numb
 from tools.bench.common import SAM_ARCHES, image_size_arg, random_sam, rss_mb, with_machine, write_json
 
 
-def build_fullsize_graphs(arch: str, out: Path, threads: int, say) -> tuple[dict, Any, dict]:
-    """Export sam2_image + the video graphs of a random-weight model; return ORT runners, the
-    preprocessing and the sizes."""
+def build_fullsize_graphs(arch: str, out: Path, threads: int, say) -> tuple[dict, Any, dict, dict]:
+    """Export the tracker's graphs (sam2_pixels, sam2_image, the video graphs, sam2_masks) of a
+    random-weight model; return ORT runners, the preprocessing, the sizes and the tracker's limits."""
     from export.graph_export import export_to_onnx
+    from export.pixels import pixel_graph_exports, pixel_sizes
     from export.preprocessing import sam2_preprocessing_from_processor
     from export.sam2 import sam2_graph_exports, sam2_sizes
     from export.sam2_video import sam2_video_graph_exports, sam2_video_sizes
     from runtime.backends.onnxruntime import OrtGraph
-    from runtime.graphs import SAM2_IMAGE
+    from runtime.graphs import DYNAMIC_DIMS, SAM2_IMAGE
+    from runtime.tracker import tracker_limits
 
     loaded = random_sam(arch, seed=0, init="hf", video=True)
-    sizes = sam2_sizes(loaded)
+    sizes = {**sam2_sizes(loaded), **pixel_sizes()}
     sizes.update(sam2_video_sizes(loaded, sizes))
+    pre = sam2_preprocessing_from_processor(loaded.processor, mask_size=sizes["sam_mask_size"])
     exports = [g for g in sam2_graph_exports(loaded, sizes) if g.spec is SAM2_IMAGE]
-    exports += sam2_video_graph_exports(loaded, sizes)
+    exports += sam2_video_graph_exports(loaded, sizes) + pixel_graph_exports(None, pre, sizes, DYNAMIC_DIMS)
     graphs = {}
     for g in exports:
         t0 = time.perf_counter()
@@ -52,22 +55,22 @@ def build_fullsize_graphs(arch: str, out: Path, threads: int, say) -> tuple[dict
         say(f"exported {g.spec.name} in {time.perf_counter() - t0:.0f} s "
             f"({sum(f.stat().st_size for f in files) / 2**20:.0f} MB)")
         graphs[g.spec.name] = OrtGraph(files[0], g.spec, intra_op_threads=threads)
-    pre = sam2_preprocessing_from_processor(loaded.processor)
-    return graphs, pre, sizes
+    return graphs, pre, sizes, tracker_limits({d: {"max": r.max} for d, r in DYNAMIC_DIMS.items()})
 
 
-def artifact_graphs(engines: Path, threads: int) -> tuple[dict, Any, dict]:
-    """sam2_image + the video graphs of an artifact exported with ``--video``, FP32 on ONNX Runtime; the
-    preprocessing and the sizes."""
+def artifact_graphs(engines: Path, threads: int) -> tuple[dict, Any, dict, dict]:
+    """The tracker's graphs of an artifact exported with ``--video``, FP32 on ONNX Runtime; the
+    preprocessing, the sizes and the tracker's limits."""
     from runtime.backends import onnxruntime_opener
     from runtime.manifest import load_manifest
     from runtime.preprocessing import Sam2Preprocessing
-    from runtime.tracker import TRACKING_GRAPHS
+    from runtime.tracker import TRACKING_GRAPHS, tracker_limits
 
     manifest = load_manifest(engines)
     opener = onnxruntime_opener(manifest, intra_op_threads=threads)
     graphs = {spec.name: opener(spec) for spec in TRACKING_GRAPHS}
-    return graphs, Sam2Preprocessing.from_dict(manifest.preprocessing("sam")), manifest.sizes
+    return (graphs, Sam2Preprocessing.from_dict(manifest.preprocessing("sam")), manifest.sizes,
+            tracker_limits(manifest.data["profiles"]))
 
 
 def fill_banks(tracker, t: int) -> None:
@@ -92,11 +95,11 @@ def speed(args: argparse.Namespace) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="track-measure-") as tmp:
         if args.engines:
-            graphs, pre, sizes = artifact_graphs(args.engines, args.threads)
+            graphs, pre, sizes, limits = artifact_graphs(args.engines, args.threads)
         else:
-            graphs, pre, sizes = build_fullsize_graphs(args.arch, Path(tmp), args.threads, say)
+            graphs, pre, sizes, limits = build_fullsize_graphs(args.arch, Path(tmp), args.threads, say)
         for n in args.objects:
-            tracker = Sam2Tracker(graphs, pre, sizes, max_objects_per_call=16, max_boxes_per_call=64,
+            tracker = Sam2Tracker(graphs, pre, sizes, max_objects_per_call=16, max_boxes_per_call=64, **limits,
                                   objects_per_call=args.objects_per_call)
             video = MovingShapes(None, h, w, num_shapes=n, seed=0, speed=4.0)
             tracker.step(video.frame(0), video.boxes(0))  # prompted frame

@@ -134,10 +134,7 @@ class RequestHandler:
     def _run(self, images: list[np.ndarray], prompts: tuple[str, ...], threshold: float | None) -> list[Any]:
         if self.spec.task == "segment":
             return self.pipe.predict_batch(images, prompts, threshold)
-        t = self.pipe.default_threshold if threshold is None else threshold
-        texts = self.pipe.texts(prompts)
-        step = self.pipe.max_batch
-        return [d for s in range(0, len(images), step) for d in self.pipe.owl.detect(images[s : s + step], texts, t)]
+        return self.pipe.detect_batch(images, prompts, threshold)
 
 
 def parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
