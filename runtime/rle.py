@@ -67,13 +67,62 @@ def _runs(mask: np.ndarray) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"a mask must be 2-D (H, W), got shape {m.shape}")
-    flat = (m != 0).T.ravel()  # column-major
-    if flat.size == 0:
+    h, w = m.shape
+    if m.size == 0:
         return np.zeros(1, np.int64)  # as pycocotools: one empty run of zeros
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate(([0], change, [flat.size]))
-    runs = np.diff(bounds)
-    return np.concatenate(([0], runs)) if flat[0] else runs
+    b = m if m.dtype == bool else m != 0
+    rows, cols = np.flatnonzero(b.any(axis=1)), np.flatnonzero(b.any(axis=0))
+    if not len(rows):
+        return np.array([h * w], np.int64)
+    y0, x0 = int(rows[0]), int(cols[0])  # outside the mask's box every pixel is 0: only the box is scanned
+    s = _column_words(b[y0 : rows[-1] + 1, x0 : cols[-1] + 1])
+    carry = np.zeros_like(s)
+    carry[:, 1:] = s[:, :-1] >> np.uint64(63)
+    t = s ^ ((s << np.uint64(1)) | carry)  # bit y of column x: the pixel differs from the one above (0 above row 0)
+    flat = np.flatnonzero(t)
+    bits = np.flatnonzero(np.unpackbits(t.ravel()[flat].view(np.uint8).reshape(-1, 8), axis=1, bitorder="little"))
+    x, k = np.divmod(flat, t.shape[1])
+    pos = ((x + x0) * h + k * 64 + y0)[bits >> 6] + (bits & 63)  # flat column-major positions, ascending
+    # each column is scanned as if 0 above and below it: where a column ends set and the next starts
+    # set (a box of full height), its fall and the next one's rise are the same position and cancel
+    same = np.flatnonzero(pos[1:] == pos[:-1])
+    if len(same):
+        keep = np.ones(len(pos), bool)
+        keep[same] = keep[same + 1] = False
+        pos = pos[keep]
+    if len(pos) and pos[-1] == h * w:  # the fall below the last pixel
+        pos = pos[:-1]
+    return np.diff(pos, prepend=0, append=h * w)  # starts with a run of zeros, 0 long when pixel 0 is set
+
+
+_U64 = np.dtype("<u8")
+_TRANSPOSE8 = tuple((np.uint64(k), np.uint64(s)) for k, s in
+                    ((0x00AA00AA00AA00AA, 7), (0x0000CCCC0000CCCC, 14), (0x00000000F0F0F0F0, 28)))
+
+
+def _column_words(b: np.ndarray) -> np.ndarray:
+    """A (h, w) bool array's columns as bit strings, ``(w, h // 64 + 1)`` little-endian uint64 words
+    (bit ``y % 64`` of word ``y // 64`` of row ``x`` is ``b[y, x]``; zero below row h): the
+    column-major order COCO runs need, without a byte-by-byte transposed copy of the whole mask
+    (numpy's is several times slower than the rest of the encoding). Bits are packed along rows,
+    bytes transposed, each 8x8 bit block transposed in a uint64 with shifts and masks, bytes
+    transposed again: every step on an eighth of the mask's bytes."""
+    h, w = b.shape
+    rows = np.zeros((-(-h // 8) * 8, -(-w // 8)), np.uint8)
+    rows[:h] = np.packbits(b, axis=1, bitorder="little")  # bit c of byte j: column 8j + c
+    hb, wb = rows.shape[0] // 8, rows.shape[1]
+    blocks = np.ascontiguousarray(rows.T).view(_U64)  # (wb, hb): byte r of word (j, i) is row 8i + r
+    t = np.empty_like(blocks)
+    for k, s in _TRANSPOSE8:  # swap bit (r, c) with (c, r): byte c of word (j, i) becomes column 8j + c
+        np.right_shift(blocks, s, out=t)
+        t ^= blocks
+        t &= k
+        blocks ^= t
+        t <<= s
+        blocks ^= t
+    cols = np.zeros((wb, 8, (h // 64 + 1) * 8), np.uint8)  # (byte j, bit c, the column's bytes)
+    cols[:, :, :hb] = blocks.view(np.uint8).reshape(wb, hb, 8).transpose(0, 2, 1)
+    return cols.reshape(wb * 8, -1).view(_U64)[:w]
 
 
 def _to_string(c: np.ndarray) -> str:

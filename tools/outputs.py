@@ -18,6 +18,7 @@ folder is written as a hidden sibling and renamed into place at the end (``Stage
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -103,26 +104,40 @@ class OutputOptions:
 # Pixels
 
 
+_PIXEL = np.dtype("V3")  # an RGB pixel as one 3-byte item
+
+
+@functools.lru_cache(maxsize=64)
+def _tint(color: tuple[int, ...], width: int) -> np.ndarray:
+    """A row of ``width`` pixels of ``color`` (read-only): made once, not per mask and band of rows."""
+    row = np.tile(np.asarray(color, np.uint8), width)
+    row.flags.writeable = False
+    return row
+
+
 def blend(pixels: np.ndarray, mask: np.ndarray, color: Sequence[int]) -> np.ndarray:
     """Blend ``color`` into ``pixels`` (H x W x 3 uint8) where ``mask`` (H x W bool), in place:
     ``floor((p + c) / 2)``, SOWLv2's ``0.5 * p + 0.5 * c`` truncated to uint8. Returns ``pixels``.
 
-    Branch-free over whole rows (the colour tiled along a row, the mask as 0x00/0xFF bytes per
-    channel, ``p ^ ((p ^ mixed) & select)``), in chunks of rows that stay in cache: numpy's loops
-    over a last axis of 3 and masked copies are several times slower."""
+    The mean is taken over whole rows (the colour tiled along a row), in chunks of rows that stay in
+    cache, and copied back where the mask is set with pixels seen as 3-byte items: numpy's loops over
+    a last axis of 3, and a mask repeated per channel, are several times slower."""
     h, w = mask.shape
     if not (h and w):
         return pixels
-    tint = np.tile(np.asarray(color, np.uint8), w)
+    tint = _tint(tuple(int(c) for c in color), w)
     step = max(1, (1 << 20) // (3 * w))
+    mixed, half = np.empty((2, min(step, h), 3 * w), np.uint8)
     for y in range(0, h, step):
         rows = pixels[y : y + step].reshape(-1, 3 * w)  # a view while pixels' rows are contiguous
         if not np.shares_memory(rows, pixels):
             raise ValueError("blend needs pixels whose rows are contiguous")
-        m = mask[y : y + step].astype(bool, copy=False)
-        select = np.negative(np.stack([m, m, m], axis=-1).reshape(len(m), -1).view(np.uint8))  # 0xFF where masked
-        mixed = (rows & tint) + ((rows ^ tint) >> 1)  # the floor of the mean, in uint8 without overflow
-        np.bitwise_xor(rows, (rows ^ mixed) & select, out=rows)
+        n = len(rows)
+        np.bitwise_and(rows, tint, out=mixed[:n])  # the floor of the mean, in uint8 without overflow:
+        np.bitwise_xor(rows, tint, out=half[:n])  # (p & c) + (p ^ c) // 2 (// 2: numpy's uint8 >> is not vectorised)
+        np.floor_divide(half[:n], 2, out=half[:n])
+        np.add(mixed[:n], half[:n], out=mixed[:n])
+        np.copyto(rows.view(_PIXEL), mixed[:n].view(_PIXEL), where=mask[y : y + step].astype(bool, copy=False))
     return pixels
 
 

@@ -24,16 +24,24 @@ def masks():
         block[shape[0] // 4 : shape[0] * 3 // 4 + 1, shape[1] // 3 :] = True
         yield shape, "block", block
     yield (2000, 3000), "long runs", np.pad(np.ones((1500, 2500), bool), ((400, 100), (20, 480)))
+    # full-height columns inside the image: a column's last pixel and the next one's first are both set
+    tall = np.zeros((128, 77), bool)
+    tall[:, 10:40] = True
+    tall[64:, 40] = True
+    yield tall.shape, "full-height columns", tall
+    yield (96, 50), "uint8 0/255, strided view", (rng.random((192, 100)) > 0.5).astype(np.uint8)[::2, ::2] * 255
+    yield (70, 90), "transposed view", (rng.random((90, 70)) > 0.9).T
 
 
 @pytest.mark.parametrize("shape,kind,mask", list(masks()), ids=lambda v: str(v) if not isinstance(v, np.ndarray) else "")
 def test_encode_matches_pycocotools(shape, kind, mask):
-    ref = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    binary = mask != 0  # pycocotools wants 0/1; runtime.rle takes any non-zero as set
+    ref = mask_utils.encode(np.asfortranarray(binary.astype(np.uint8)))
     got = rle.encode(mask)
     assert got == {"size": list(ref["size"]), "counts": ref["counts"].decode("ascii")}
-    assert rle.area(got) == int(mask_utils.area(ref)) == int(mask.sum())
-    np.testing.assert_array_equal(rle.decode(got), mask)
-    np.testing.assert_array_equal(mask_utils.decode({"size": got["size"], "counts": got["counts"]}), mask)
+    assert rle.area(got) == int(mask_utils.area(ref)) == int(binary.sum())
+    np.testing.assert_array_equal(rle.decode(got), binary)
+    np.testing.assert_array_equal(mask_utils.decode({"size": got["size"], "counts": got["counts"]}), binary)
 
 
 def test_uncompressed_counts_and_string_round_trip():
