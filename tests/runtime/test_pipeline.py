@@ -146,6 +146,7 @@ def test_an_image_beyond_the_image_profile_is_downscaled_and_mapped_back(pipe, m
     np.testing.assert_array_equal(got.scores, small.scores)
     rows, cols = np.arange(h) * fh // h, np.arange(w) * fw // w  # nearest: each pixel's source pixel
     np.testing.assert_array_equal(got.masks, small.masks[:, rows][:, :, cols])
+    assert got.masks.flags["C_CONTIGUOUS"]  # what the RLE and PNG writers read fast
 
 
 def test_concurrent_and_sequential_encoders_agree(counted, make_image):
