@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -23,7 +24,7 @@ from PIL import Image
 
 from runtime.backends import call_all, close_after, close_graphs, onnxruntime_opener, recording_opener
 from runtime.errors import ArtifactError, UserError, one_line
-from runtime.graphs import (BATCH, GRAPHS, IMAGE_HEIGHT, IMAGE_WIDTH, OWL_HEAD, OWL_IMAGE, OWL_PIXELS, OWL_TEXT,
+from runtime.graphs import (BATCH, IMAGE_HEIGHT, IMAGE_WIDTH, OWL_HEAD, OWL_IMAGE, OWL_PIXELS, OWL_TEXT,
                             SAM2_DECODER, SAM2_DECODER_MULTIMASK, SAM2_IMAGE, SAM2_MASKS, SAM2_PIXELS)
 from runtime.images import load_image
 from runtime.manifest import ONNXRUNTIME, PRECISIONS, Manifest, export_command, load_manifest
@@ -109,10 +110,9 @@ def _tensorrt_opener() -> tuple[Callable[..., Any] | None, str]:
 def engine_precisions(manifest: Manifest) -> list[str]:
     """Precisions at which the manifest lists any TensorRT engine."""
     have = set()
+    networks = set(manifest.precision_graphs)  # the pixel graphs' FP32 engines serve every precision
     for name, by_precision in (manifest.data.get("engines") or {}).items():
-        if getattr(GRAPHS.get(name), "fixed_precision", None):  # the pixel graphs' FP32 engines serve every precision
-            continue
-        if isinstance(by_precision, dict):
+        if name in networks and isinstance(by_precision, dict):
             have |= {p for p, per_gpu in by_precision.items() if per_gpu}
     return [p for p in PRECISIONS if p in have]
 
@@ -579,15 +579,26 @@ def fit_image(image: np.ndarray, max_hw: tuple[int, int]) -> np.ndarray:
     if h <= max_hw[0] and w <= max_hw[1]:
         return image
     fh, fw = fitted_size(h, w, *max_hw)
-    if (h, w) not in _FITTED:
-        _FITTED.add((h, w))
+    if _first_fit(h, w):
         log.info("%dx%d is larger than the artifact's image profile (%dx%d): downscaled to %dx%d for the graphs, "
                  "results mapped back (export with --max-image-side to take it as it is)", w, h, max_hw[1], max_hw[0],
                  fw, fh)
     return np.asarray(Image.fromarray(image).resize((fw, fh), Image.Resampling.BILINEAR))
 
 
-_FITTED: set[tuple[int, int]] = set()
+_FITTED: OrderedDict[tuple[int, int], None] = OrderedDict()  # sizes already logged, the 256 latest
+
+
+def _first_fit(height: int, width: int) -> bool:
+    """True the first time a size is seen (a size not seen among the latest 256 is logged again)."""
+    key = (height, width)
+    if key in _FITTED:
+        _FITTED.move_to_end(key)
+        return False
+    _FITTED[key] = None
+    if len(_FITTED) > 256:
+        _FITTED.popitem(last=False)
+    return True
 
 
 def fit_back(result: Result, image_hw: tuple[int, int]) -> Result:

@@ -29,9 +29,13 @@ def _tables(names: list[str], rows: imageops.Taps, columns: imageops.Taps) -> Ta
     for (index_name, weight_name), taps in zip((names[:2], names[2:]), (rows, columns), strict=True):
         out[index_name] = np.ascontiguousarray(taps.index, dtype=np.int64)
         out[weight_name] = np.ascontiguousarray(taps.weights, dtype=np.float32)
-    for array in out.values():
+    return _read_only(out)
+
+
+def _read_only(tables: Tables) -> Tables:
+    for array in tables.values():
         array.flags.writeable = False  # shared by every call of this size
-    return out
+    return tables
 
 
 @lru_cache(maxsize=TABLE_CACHE_SIZE)
@@ -59,9 +63,7 @@ def sam2_tables(height: int, width: int, cfg: Sam2Preprocessing) -> Tables:
         out[index] = np.ascontiguousarray(taps.index, dtype=np.int64)
         out[weight] = np.ascontiguousarray(taps.weights, dtype=np.int32)
         out[scale] = np.array([1 << taps.precision], np.int32)
-    for array in out.values():
-        array.flags.writeable = False
-    return out
+    return _read_only(out)
 
 
 @lru_cache(maxsize=TABLE_CACHE_SIZE)
