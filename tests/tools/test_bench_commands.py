@@ -34,7 +34,7 @@ SMALLEST = {"--runs": "1", "--warmup": "0", "--frames": "1", "--objects": "1", "
             "--device": "cpu", "--modes": "eager-fp32", "--layers": "1"}
 KNOWN = ("tools.bench.torch_pipeline", "tools.bench.torch_tracking", "tools.bench.fullsize", "tools.bench.tracking",
          "tools.bench.precision", "tools.benchmark", "tools.bench.outputs", "tools.bench.serving", "tools.bench.blocks",
-         "tools.bench.host", "tools.bench.batching", "tools.bench.gpu_evidence", "export.build")
+         "tools.bench.host", "tools.bench.pixels", "tools.bench.batching", "tools.bench.gpu_evidence", "export.build")
 
 
 def split(args: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
@@ -82,6 +82,7 @@ def smallest_form(command: list[str], stand_ins: dict[str, str], video_artifact:
         "tools.benchmark": {"--out": [str(tmp / "out")]},
         "tools.bench.outputs": {"--engines": [str(video_artifact)], "--size": ["48x64"], "--out": [str(tmp / "out")]},
         "tools.bench.host": {"--engines": [str(video_artifact)], "--sizes": ["48x64"], "--out": [str(tmp / "out")]},
+        "tools.bench.pixels": {"--engines": [str(video_artifact)], "--sizes": ["48x64"], "--out": [str(tmp / "out")]},
         "tools.bench.serving": {"--engines": [str(video_artifact)], "--concurrency": ["1"], "--requests": ["1"],
                                 "--size": ["48x64"], "--out": [str(tmp / "out")]},
     }.get(key, {})
