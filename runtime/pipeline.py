@@ -519,14 +519,19 @@ class Pipeline:
         no SAM2 work; sizes handled as in :meth:`predict_batch`."""
         prompts_t = check_prompts(prompts)
         t = self.default_threshold if threshold is None else _check_threshold(threshold, "threshold")
-        loaded = [load_image(im) for im in images]
-        with self.timer.wall():
-            fitted = [fit_image(im, self.max_image_hw) for im in loaded]
-            dets = self.owl.detect(fitted, self.texts(prompts_t, wrap_prompts), t)
-            for d, small, image in zip(dets, fitted, loaded, strict=True):
-                if small is not image:
-                    d.boxes = scale_boxes(d.boxes, small.shape[:2], image.shape[:2])
-        self.timer.frames += len(loaded)
+        images = list(images)
+        texts = self.texts(prompts_t, wrap_prompts)
+        dets: list[Any] = []
+        for start in range(0, len(images), self.max_batch):  # each chunk decoded when its turn comes
+            loaded = [load_image(im) for im in images[start : start + self.max_batch]]
+            with self.timer.wall():
+                fitted = [fit_image(im, self.max_image_hw) for im in loaded]
+                chunk = self.owl.detect(fitted, texts, t)
+                for d, small, image in zip(chunk, fitted, loaded, strict=True):
+                    if small is not image:
+                        d.boxes = scale_boxes(d.boxes, small.shape[:2], image.shape[:2])
+            dets += chunk
+            self.timer.frames += len(loaded)
         return dets
 
     def _predict_chunk(self, chunk: list[np.ndarray], prompts: tuple[str, ...], queries: np.ndarray, threshold: float,

@@ -114,6 +114,20 @@ def test_predict_batch_uses_the_batch_dimension_in_chunks(counted, make_image):
     assert counted.predict_batch([], PROMPTS) == []
 
 
+def test_detect_batch_decodes_in_chunks_and_equals_predict(counted, make_image):
+    images = [make_image(*hw, seed=i) for i, hw in enumerate([(80, 90), (60, 50), (80, 90), (80, 90), (60, 50)])]
+    counted.max_batch = 2
+    dets = counted.detect_batch(images, PROMPTS, 0.0)
+    # chunks of 2 images, each split by size: [80x90, 60x50], [80x90, 80x90], [60x50]
+    assert [c["pixel_values"][0] for c in counted.owl.image.calls] == [1, 1, 2, 1]
+    assert not counted.sam.image.calls, "detection alone runs no SAM2 graph"
+    for image, got in zip(images, dets, strict=True):
+        one = counted.predict(image, PROMPTS, threshold=0.0)
+        np.testing.assert_allclose(np.sort(got.scores), np.sort(one.scores), atol=1e-5)
+        assert len(got.boxes) == len(one) > 0
+    assert counted.detect_batch([], PROMPTS) == []
+
+
 def test_images_of_one_size_share_a_call_and_results_keep_the_input_order(counted, make_image):
     small, big = (60, 90), (100, 70)
     images = [make_image(*small, seed=1), make_image(*big, seed=2), make_image(*small, seed=3)]
