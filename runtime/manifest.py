@@ -63,6 +63,8 @@ def _quote(text: str) -> str:
     return text if text == "ID|DIR" else shlex.quote(text)
 
 
+_REQUIRED = object()  # Manifest.profile_max without a default
+
 #: How the graph files written for ONNX Runtime alone end (TensorRT never reads them).
 ONNXRUNTIME_SUFFIX = ".ort.onnx"
 
@@ -90,6 +92,16 @@ class Manifest:
     @property
     def graphs(self) -> dict[str, Any]:
         return self.data["graphs"]
+
+    def profile_max(self, dim: str, default: Any = _REQUIRED) -> Any:
+        """The profile maximum of dynamic dim ``dim`` (an int); ``default`` where the manifest has none
+        (without one, a missing profile is the artifact's error)."""
+        profile = (self.data.get("profiles") or {}).get(dim) or {}
+        if "max" not in profile:
+            if default is _REQUIRED:
+                raise ArtifactError(f"{self.root}: the manifest has no profile for {dim!r}; re-export the artifact")
+            return default
+        return int(profile["max"])
 
     @property
     def precision_graphs(self) -> list[str]:

@@ -56,9 +56,8 @@ class OwlDetector:
     def from_manifest(cls, manifest: Manifest, open_graph: Callable[[GraphSpec], GraphRunner]) -> "OwlDetector":
         pre = OwlPreprocessing.from_dict(manifest.preprocessing("owl"))
         tokenizer = PromptTokenizer(manifest.root / TOKENIZER_DIR, manifest.sizes["owl_text_length"])
-        max_batch = int(((manifest.data.get("profiles") or {}).get(BATCH) or {}).get("max", 1))
         return cls(open_graph(OWL_TEXT), open_graph(OWL_PIXELS), open_graph(OWL_IMAGE), open_graph(OWL_HEAD),
-                   tokenizer, pre, max_batch=max_batch)
+                   tokenizer, pre, max_batch=manifest.profile_max(BATCH, 1))
 
     def prepare_streams(self) -> None:
         """TensorRT: each graph's context and buffers for the stream it runs on, made now; pinned

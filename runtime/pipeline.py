@@ -331,8 +331,7 @@ class Pipeline:
         pipe = manifest.data.get("pipeline") or {}
         self.prompt_template: str = str(pipe.get("prompt_template", DEFAULT_PROMPT_TEMPLATE))
         self.default_threshold: float = float(pipe.get("threshold", DEFAULT_THRESHOLD))
-        profiles = manifest.data.get("profiles") or {}
-        self.max_batch: int = int(profiles.get(BATCH, {}).get("max", 1))
+        self.max_batch: int = manifest.profile_max(BATCH, 1)
         #: the largest image the pixel graphs take; larger ones are downscaled to fit (see predict_batch)
         self.max_image_hw: tuple[int, int] = image_profile_max(manifest)
         if concurrent is None:
@@ -573,8 +572,7 @@ class Pipeline:
 
 
 def image_profile_max(manifest: Manifest) -> tuple[int, int]:
-    profiles = manifest.data.get("profiles") or {}
-    return tuple(int(profiles[d]["max"]) for d in (IMAGE_HEIGHT, IMAGE_WIDTH))  # type: ignore[return-value]
+    return manifest.profile_max(IMAGE_HEIGHT), manifest.profile_max(IMAGE_WIDTH)  # type: ignore[return-value]
 
 
 def fit_image(image: np.ndarray, max_hw: tuple[int, int]) -> np.ndarray:

@@ -85,9 +85,8 @@ class Sam2Segmenter:
                       multimask: bool = False) -> "Sam2Segmenter":
         pre = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
         decoder = SAM2_DECODER_MULTIMASK if multimask else SAM2_DECODER
-        profiles = manifest.data["profiles"]
         return cls(open_graph(SAM2_PIXELS), open_graph(SAM2_IMAGE), open_graph(decoder), open_graph(SAM2_MASKS), pre,
-                   int(profiles[NUM_BOXES]["max"]), int(profiles[NUM_MASKS]["max"]))
+                   manifest.profile_max(NUM_BOXES), manifest.profile_max(NUM_MASKS))
 
     @property
     def timer(self) -> StageTimer:

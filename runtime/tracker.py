@@ -250,7 +250,7 @@ class Sam2Tracker:
         pre = Sam2Preprocessing.from_dict(manifest.preprocessing("sam"))
         profiles = manifest.data["profiles"]
         graphs = {g.name: open_graph(g) for g in TRACKING_GRAPHS}
-        return cls(graphs, pre, manifest.sizes, int(profiles[NUM_OBJECTS]["max"]), int(profiles[NUM_BOXES]["max"]),
+        return cls(graphs, pre, manifest.sizes, manifest.profile_max(NUM_OBJECTS), manifest.profile_max(NUM_BOXES),
                    **tracker_limits(profiles), **options)
 
     @classmethod

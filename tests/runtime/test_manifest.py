@@ -23,6 +23,16 @@ def test_a_valid_manifest_loads(tmp_path):
     assert load_manifest(write(tmp_path / "a", json.dumps(VALID))).data == VALID
 
 
+def test_profile_maxima_are_read_from_the_manifest_or_refused_in_one_line(tmp_path):
+    data = {**VALID, "profiles": {"batch": {"min": 1, "opt": 1, "max": 3}, "num_boxes": {"min": 1, "max": 0}}}
+    m = load_manifest(write(tmp_path / "a", json.dumps(data)))
+    assert m.profile_max("batch") == 3 and m.profile_max("batch", 1) == 3
+    assert m.profile_max("num_boxes", 7) == 0, "a maximum of 0 is a value, not a missing profile"
+    assert m.profile_max("num_prompts", None) is None and m.profile_max("num_prompts", 1) == 1
+    with pytest.raises(ArtifactError, match=r"the manifest has no profile for 'num_prompts'; re-export the artifact$"):
+        m.profile_max("num_prompts")
+
+
 @pytest.mark.parametrize("change,match", [
     (dict(schema_version=SCHEMA_VERSION + 1),
      f"schema version {SCHEMA_VERSION + 1}, this runtime reads version {SCHEMA_VERSION}"),

@@ -4,10 +4,13 @@ explicit value above the safe one (unit), and both in the log of a written repos
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-from tools.serve.batching import MEASURE, choose_max_batch, profile_max_batch
+from runtime.graphs import BATCH
+from runtime.manifest import Manifest
+from tools.serve.batching import MEASURE, choose_max_batch
 
 # manifests' batch profiles: none at all, no batch entry, and maxima 1, 2, 4, 8 (with the maximum expected)
 MANIFESTS = [({}, 1), ({"profiles": {}}, 1),
@@ -16,7 +19,7 @@ MANIFESTS = [({}, 1), ({"profiles": {}}, 1),
 
 @pytest.mark.parametrize("data,profile", MANIFESTS, ids=["no-profiles", "no-batch", "1", "2", "4", "8"])
 def test_defaults_follow_the_backend_and_the_artifacts_profile(data, profile):
-    assert profile_max_batch(data) == profile
+    assert Manifest(Path("a"), data).profile_max(BATCH, 1) == profile
     trt = choose_max_batch("tensorrt", profile)
     assert trt.value == profile and not trt.warning
     assert trt.reason.startswith("default for tensorrt: the engines' batch profile maximum")

@@ -31,12 +31,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime.errors import OneLineArgumentParser, UserError, run_cli, whole_number
+from runtime.graphs import BATCH
 from runtime.manifest import PRECISIONS
 from runtime.pipeline import BACKENDS
 from tools.bench.common import image_size_arg, machine_info
 from tools.benchmark import prompt_list
 from tools.outputs import write_atomic
-from tools.serve.batching import profile_max_batch
 
 PAUSE_S = 0.2
 
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     data, prompts = buf.getvalue(), prompt_list(args.prompts)
     t_start = time.perf_counter()
     direct = Direct(args, data, prompts)
-    max_batch = args.max_batch or profile_max_batch(direct.pipe.manifest.data)  # the batching server's
+    max_batch = args.max_batch or direct.pipe.manifest.profile_max(BATCH, 1)  # the batching server's
     try:
         if 1 not in args.concurrency:
             for _ in range(args.requests):

@@ -71,9 +71,10 @@ def _options(args: argparse.Namespace, engines: Path, backend: str, max_batch: i
 
 def _max_batch(args: argparse.Namespace, manifest, backend: str) -> int:
     """``--max-batch`` or the backend's default (``tools.serve.batching``), logged with the reason."""
-    from tools.serve.batching import choose_max_batch, profile_max_batch
+    from runtime.graphs import BATCH
+    from tools.serve.batching import choose_max_batch
 
-    choice = choose_max_batch(backend, profile_max_batch(manifest.data), args.max_batch)
+    choice = choose_max_batch(backend, manifest.profile_max(BATCH, 1), args.max_batch)
     log.info("max batch %d: %s", choice.value, choice.reason)
     if choice.warning:
         log.warning("%s", choice.warning)

@@ -11,7 +11,6 @@ where it is served) takes 1 too: it may be served on ONNX Runtime.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 MEASURE = "python -m tools.bench.batching --engines DIR"  # per-image time and memory at each batch size
 
@@ -21,13 +20,6 @@ class MaxBatch:
     value: int
     reason: str  # why this value (logged at start)
     warning: str = ""  # an explicit value above the safe one: what it costs and what to do
-
-
-def profile_max_batch(manifest_data: Mapping[str, Any]) -> int:
-    """The artifact's batch profile maximum (1 where it has none)."""
-    from runtime.graphs import BATCH
-
-    return int(((manifest_data.get("profiles") or {}).get(BATCH) or {}).get("max", 1))
 
 
 def choose_max_batch(backend: str, profile_max: int, requested: int | None = None) -> MaxBatch:

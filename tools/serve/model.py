@@ -95,8 +95,7 @@ class RequestHandler:
 
     def __init__(self, pipe: Any, spec: ModelSpec, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.pipe, self.spec, self.max_pixels = pipe, spec, max_pixels
-        profile = (pipe.manifest.data.get("profiles") or {}).get(NUM_PROMPTS) or {}
-        self.max_prompts = int(profile["max"]) if "max" in profile else None
+        self.max_prompts = pipe.manifest.profile_max(NUM_PROMPTS, None)
 
     def handle(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | str]:
         """Per request: its output arrays, or the one-line message of its error response."""
