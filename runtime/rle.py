@@ -32,10 +32,11 @@ def string_to_counts(s: str | bytes) -> list[int]:
     return _from_string(s).tolist()
 
 
-def encode(mask: np.ndarray) -> dict[str, Any]:
-    """``pycocotools.mask.encode(np.asfortranarray(mask))`` with ``counts`` as ``str`` (JSON-ready)."""
+def encode(mask: np.ndarray, extent: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
+    """``pycocotools.mask.encode(np.asfortranarray(mask))`` with ``counts`` as ``str`` (JSON-ready);
+    ``extent``: the mask's :func:`mask_extent`, where the caller has it already."""
     m = np.asarray(mask)
-    counts = _to_string(_runs(m))
+    counts = _to_string(_runs(m, extent))
     return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": counts}
 
 
@@ -63,7 +64,7 @@ def _counts(rle: Mapping[str, Any]) -> np.ndarray:
     return _from_string(counts) if isinstance(counts, (str, bytes)) else np.asarray(counts, dtype=np.int64)
 
 
-def _runs(mask: np.ndarray) -> np.ndarray:
+def _runs(mask: np.ndarray, extent: tuple[int, int, int, int] | None = None) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"a mask must be 2-D (H, W), got shape {m.shape}")
@@ -71,11 +72,10 @@ def _runs(mask: np.ndarray) -> np.ndarray:
     if m.size == 0:
         return np.zeros(1, np.int64)  # as pycocotools: one empty run of zeros
     b = m if m.dtype == bool else m != 0
-    rows, cols = np.flatnonzero(b.any(axis=1)), np.flatnonzero(b.any(axis=0))
-    if not len(rows):
+    y0, y1, x0, x1 = mask_extent(b) if extent is None else extent
+    if y1 == y0:
         return np.array([h * w], np.int64)
-    y0, x0 = int(rows[0]), int(cols[0])  # outside the mask's box every pixel is 0: only the box is scanned
-    s = _column_words(b[y0 : rows[-1] + 1, x0 : cols[-1] + 1])
+    s = _column_words(b[y0:y1, x0:x1])  # outside the mask's box every pixel is 0: only the box is scanned
     carry = np.zeros_like(s)
     carry[:, 1:] = s[:, :-1] >> np.uint64(63)
     t = s ^ ((s << np.uint64(1)) | carry)  # bit y of column x: the pixel differs from the one above (0 above row 0)
@@ -93,6 +93,14 @@ def _runs(mask: np.ndarray) -> np.ndarray:
     if len(pos) and pos[-1] == h * w:  # the fall below the last pixel
         pos = pos[:-1]
     return np.diff(pos, prepend=0, append=h * w)  # starts with a run of zeros, 0 long when pixel 0 is set
+
+
+def mask_extent(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the rows and columns a 2-D mask touches (empty ranges for an empty mask)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return 0, 0, 0, 0
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 _U64 = np.dtype("<u8")

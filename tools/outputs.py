@@ -149,14 +149,6 @@ def overlay_image(image: np.ndarray, masks: Sequence[np.ndarray], colors: Sequen
     return out
 
 
-def mask_extent(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """``(y0, y1, x0, x1)``: the rows and columns a mask touches (empty ranges for an empty mask)."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
-        return 0, 0, 0, 0
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
 def _blend_edit(masks: Sequence[np.ndarray], extents: Sequence[tuple[int, int, int, int]],
                 colors: Sequence[Sequence[int]]) -> Callable[[np.ndarray, int], None]:
     def edit(block: np.ndarray, top: int) -> None:
@@ -197,19 +189,20 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def image_jobs(dest: Path, frame: str, image: np.ndarray, masks: np.ndarray, labels: Sequence[str],
-               colors: Sequence[Sequence[int]], options: OutputOptions, object_ids: Sequence[int] | None = None
-               ) -> list[Callable[[], Path]]:
+               colors: Sequence[Sequence[int]], options: OutputOptions, object_ids: Sequence[int] | None = None,
+               extents: Sequence[tuple[int, int, int, int]] | None = None) -> list[Callable[[], Path]]:
     """The PNGs of one image (or video frame) as independent jobs, longest first; each writes one
     file under ``dest`` and returns its path. Creates the folders they need; nothing for no masks.
 
     ``masks``: (N, H, W) bool; ``labels``: each mask's prompt slug; ``colors``: each mask's colour;
-    ``object_ids``: the ``k`` of each mask (default 1..N)."""
+    ``object_ids``: the ``k`` of each mask (default 1..N); ``extents``: each mask's ``rle.mask_extent``
+    where the caller has them already."""
     n = len(masks)
     if n == 0 or not (options.binary or options.overlay):
         return []
     ids = list(object_ids) if object_ids is not None else list(range(1, n + 1))
     h, w = image.shape[:2]
-    extents = [mask_extent(m) for m in masks]
+    extents = list(extents) if extents is not None else [rle.mask_extent(m) for m in masks]
     canvas = PngCanvas(image) if options.overlay else None
     blank = PngCanvas.blank(h, w) if options.binary else None
     jobs: list[Callable[[], Path]] = []
@@ -246,13 +239,16 @@ def write_image_outputs(dest: Path, frame: str, image: np.ndarray, result: Any, 
     return [job() for job in jobs]
 
 
-def coco_records(result: Any, image_id: int, file_name: str) -> list[dict[str, Any]]:
+def coco_records(result: Any, image_id: int, file_name: str,
+                 extents: Sequence[tuple[int, int, int, int]] | None = None) -> list[dict[str, Any]]:
     """COCO results rows of one image: ``category_id`` is the prompt index + 1, ``bbox`` is
     ``[x, y, w, h]`` clipped to the image, ``segmentation`` compressed RLE; ``prompt`` and
     ``file_name`` are extra keys that COCO tools ignore."""
     rows = []
     h, w = result.masks.shape[1:]  # (N, H, W), also when N is 0
-    for box, score, label, mask in zip(result.boxes, result.scores, result.labels, result.masks, strict=True):
+    known = extents if extents is not None else [None] * len(result.masks)  # each mask's rle.mask_extent, if known
+    for box, score, label, mask, extent in zip(result.boxes, result.scores, result.labels, result.masks, known,
+                                               strict=True):
         x0, x1 = (float(np.clip(v, 0, w)) for v in (box[0], box[2]))
         y0, y1 = (float(np.clip(v, 0, h)) for v in (box[1], box[3]))
         rows.append({
@@ -262,7 +258,7 @@ def coco_records(result: Any, image_id: int, file_name: str) -> list[dict[str, A
             "prompt": result.prompts[int(label)],
             "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
             "score": round(float(score), 6),
-            "segmentation": rle.encode(mask),
+            "segmentation": rle.encode(mask, extent),
         })
     return rows
 
@@ -359,8 +355,8 @@ class OutputWriter:
         self.files = 0
         self._staged = StagedOutput(root, overwrite)
         self._pool = ThreadPoolExecutor(workers or max(2, os.cpu_count() or 2), thread_name_prefix="write")
-        self._pending: deque[Future] = deque()  # per image: the future of its list of file futures
-        self._records: list[Future] = []
+        self._pending: deque[Future] = deque()  # per image still written: its plan's future
+        self._records: list[Future] = []  # per image: its plan's future, (COCO rows, file futures)
         self._max_pending = max(1, max_pending)
 
     @property
@@ -374,22 +370,26 @@ class OutputWriter:
         while len(self._pending) >= self._max_pending:
             self._finish(self._pending.popleft())
         self.images += 1
-        self._records.append(self._pool.submit(coco_records, result, self.images, name))
-        if not len(result):
-            return
+        image_id = self.images
         labels = [result.prompts[int(k)] for k in result.labels]
         colors = [self.colors(p) for p in labels]  # here: first-seen order is the order of the images
         dest = self._staged.path / folder if folder else self._staged.path
 
-        def plan() -> list[Future]:
+        def plan() -> tuple[list[dict[str, Any]], list[Future]]:
+            """The image's files queued, then its COCO rows (RLE) while the pool writes them; each
+            mask's extent computed once for both."""
+            extents = [rle.mask_extent(m) for m in result.masks]
             jobs = image_jobs(dest, frame_number(Path(name).stem), image, result.masks,
-                              [prompt_slug(p) for p in labels], colors, self.options)
-            return [self._pool.submit(job) for job in jobs]
+                              [prompt_slug(p) for p in labels], colors, self.options, extents=extents)
+            files = [self._pool.submit(job) for job in jobs]
+            return coco_records(result, image_id, name, extents), files
 
-        self._pending.append(self._pool.submit(plan))
+        planned = self._pool.submit(plan)
+        self._records.append(planned)
+        self._pending.append(planned)
 
     def _finish(self, planned: Future) -> None:
-        for f in planned.result():
+        for f in planned.result()[1]:
             f.result()
             self.files += 1
 
@@ -399,7 +399,7 @@ class OutputWriter:
         try:
             while self._pending:
                 self._finish(self._pending.popleft())
-            self.rows = [row for f in self._records for row in f.result()]
+            self.rows = [row for f in self._records for row in f.result()[0]]
             if self.rows:
                 write_detections(self._staged.path, self.rows)
         except BaseException:

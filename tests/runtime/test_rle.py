@@ -39,6 +39,10 @@ def test_encode_matches_pycocotools(shape, kind, mask):
     ref = mask_utils.encode(np.asfortranarray(binary.astype(np.uint8)))
     got = rle.encode(mask)
     assert got == {"size": list(ref["size"]), "counts": ref["counts"].decode("ascii")}
+    rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+    box = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1) if len(rows) else (0, 0, 0, 0)
+    assert rle.mask_extent(binary) == box
+    assert rle.encode(mask, box) == got  # the writer hands over the extent it computed for the PNGs
     assert rle.area(got) == int(mask_utils.area(ref)) == int(binary.sum())
     np.testing.assert_array_equal(rle.decode(got), binary)
     np.testing.assert_array_equal(mask_utils.decode({"size": got["size"], "counts": got["counts"]}), binary)
